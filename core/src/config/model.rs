@@ -1,0 +1,296 @@
+//! The validated, immutable configuration the proxy engine runs on.
+//!
+//! Everything here is already derived and checked: the engine never re-validates.
+//! It is built from a TOML file by [`super::file`] (or by hand, in tests) and shared by `Arc`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderName;
+
+use super::Cidr;
+
+/// Index of a listener in [`Config::listeners`].
+pub type ListenerId = usize;
+/// Index of an upstream pool in [`Config::pools`].
+pub type PoolId = usize;
+
+/// Which traffic a listener carries: it decides the default routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Matrix clients (port 443): `/_matrix` and `/_synapse/client`.
+    Client,
+    /// Other homeservers (port 8448): `/_matrix` only.
+    Federation,
+}
+
+/// The scheme clients used to reach a listener; sets `X-Forwarded-Proto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// A certificate chain and key, as PEM file paths (the runtimes load them; the core never does TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// A name for logs and metrics, unique among listeners.
+    pub name: String,
+    pub role: Role,
+    /// `Https` means the runtime terminates TLS on this listener.
+    pub scheme: Scheme,
+    /// Addresses to bind; a runtime binds each (`[::]` asks for dual-stack).
+    pub bind: Vec<SocketAddr>,
+    /// Routes in match order: the longest matching prefix wins (see [`crate::route`]).
+    pub routes: Vec<Route>,
+}
+
+/// What a matched route does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAction {
+    /// Forward to an upstream pool.
+    Upstream(PoolId),
+    /// Refuse with 404 `M_UNRECOGNIZED` (e.g. to carve a hole out of a wider prefix).
+    Deny,
+}
+
+/// A path-prefix route. Matching is on the raw path, at segment boundaries:
+/// `/_matrix` matches `/_matrix` and `/_matrix/…`, never `/_matrixfoo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Starts with `/`, has no trailing `/` (except the root route `/`).
+    pub prefix: String,
+    pub action: RouteAction,
+}
+
+/// One backend of a pool: a host name or address literal, and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// As written in the config (`localhost`, `127.0.0.1`, `::1`); runtimes resolve it
+    /// and try every address (so `localhost` works whether Synapse is on ::1 or 127.0.0.1).
+    pub host: String,
+    pub port: u16,
+}
+
+impl Backend {
+    /// `host:port`, bracketing IPv6 literals: what a runtime hands to its resolver.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamPool {
+    /// `homeserver` for the main process; unique among pools.
+    pub name: String,
+    pub backends: Vec<Backend>,
+    /// Idle keep-alive connections a runtime keeps per backend.
+    pub max_idle_per_backend: usize,
+    /// How long an idle pooled connection is kept.
+    pub idle_timeout: Duration,
+}
+
+/// Virtual hosts: which `Host` values this proxy serves.
+#[derive(Debug, Clone, Default)]
+pub struct VirtualHosts {
+    /// Lower-case host names without port. Empty: every Host is served (like nginx's default server).
+    pub names: Vec<String>,
+    /// Where requests for other hosts go; `None` answers 421 Misdirected Request.
+    pub fallback: Option<PoolId>,
+}
+
+/// Pre-rendered `/.well-known/matrix/*` bodies (JSON), `None` when not configured (404).
+#[derive(Debug, Clone, Default)]
+pub struct WellKnown {
+    pub server: Option<Bytes>,
+    pub client: Option<Bytes>,
+    pub support: Option<Bytes>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body, in bytes (Synapse's `max_upload_size` defaults to 50 MiB).
+    pub max_body_bytes: u64,
+    /// Longest request line (method, target, version), in bytes: longer gets 414.
+    pub max_request_line_bytes: usize,
+    /// Largest request head (request line and headers): larger gets 431.
+    pub max_head_bytes: usize,
+    /// Most header fields in a request: more gets 431.
+    pub max_headers: usize,
+    /// Largest response head from an upstream: larger is a 502.
+    pub max_response_head_bytes: usize,
+    /// Pipelined request bytes buffered while an exchange is in flight.
+    pub max_pipelined_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 50 * 1024 * 1024,
+            max_request_line_bytes: 8 * 1024,
+            max_head_bytes: 32 * 1024,
+            max_headers: 100,
+            max_response_head_bytes: 64 * 1024,
+            max_pipelined_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// From the first byte of a request head to its end (slowloris).
+    pub client_header: Duration,
+    /// An idle keep-alive client connection between requests.
+    pub client_idle: Duration,
+    /// Between two reads of a request body that is still arriving (slow uploads pass, stalls do not).
+    pub client_body: Duration,
+    /// Connecting to a backend.
+    pub upstream_connect: Duration,
+    /// Waiting for the response head, and between reads of a response body.
+    /// Long enough for `/sync?timeout=30000` and slow initial syncs.
+    pub upstream_response: Duration,
+    /// TLS handshake (used by runtimes).
+    pub tls_handshake: Duration,
+    /// How long in-flight exchanges may finish after a shutdown signal (used by runtimes).
+    pub drain: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            client_header: Duration::from_secs(30),
+            client_idle: Duration::from_secs(75),
+            client_body: Duration::from_secs(60),
+            upstream_connect: Duration::from_secs(5),
+            upstream_response: Duration::from_secs(180),
+            tls_handshake: Duration::from_secs(10),
+            drain: Duration::from_secs(40),
+        }
+    }
+}
+
+/// How `X-Forwarded-*` and the request id are handled.
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    /// Peers whose `X-Forwarded-For` chain (and request id) is believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Header carrying the request id (Synapse's `request_id_header`), lower case.
+    pub request_id_header: HeaderName,
+}
+
+impl Default for Forwarding {
+    fn default() -> Self {
+        Forwarding {
+            trusted_proxies: Vec::new(),
+            request_id_header: HeaderName::from_static("x-request-id"),
+        }
+    }
+}
+
+/// Who may reach `/_synapse/admin`.
+#[derive(Debug, Clone, Default)]
+pub struct AdminPolicy {
+    /// Client addresses (after `X-Forwarded-For` resolution) allowed; empty refuses everyone.
+    pub allow: Vec<Cidr>,
+    /// Pool serving the admin API when allowed (the homeserver).
+    pub pool: Option<PoolId>,
+}
+
+/// Access-log line format (rendered by runtimes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLogFormat {
+    #[default]
+    Combined,
+    Json,
+    Off,
+}
+
+/// The runtime knobs that are not HTTP decisions.
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    /// Executor threads; `None` means one per core.
+    pub threads: Option<usize>,
+    /// Most client connections at once.
+    pub max_connections: usize,
+    /// Prometheus `/metrics` listener, if any.
+    pub metrics_bind: Option<SocketAddr>,
+    pub access_log: AccessLogFormat,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        RuntimeSettings {
+            threads: None,
+            max_connections: 10_000,
+            metrics_bind: None,
+            access_log: AccessLogFormat::Combined,
+        }
+    }
+}
+
+/// A certificate for some SNI names (virtual hosts with their own certificates).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniCertificate {
+    pub names: Vec<String>,
+    pub files: TlsFiles,
+}
+
+/// TLS material for all TLS listeners.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsSettings {
+    /// Default certificate; `None` with a TLS listener means "generate a self-signed
+    /// development certificate at start" (only the embedded default does this).
+    pub default: Option<TlsFiles>,
+    pub sni: Vec<SniCertificate>,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The Matrix server name (`example.com`).
+    pub server_name: String,
+    pub listeners: Vec<Listener>,
+    pub pools: Vec<UpstreamPool>,
+    pub virtual_hosts: VirtualHosts,
+    pub well_known: WellKnown,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub forwarding: Forwarding,
+    pub admin: AdminPolicy,
+    pub tls: TlsSettings,
+    pub runtime: RuntimeSettings,
+}
+
+impl Config {
+    /// Whether `ip` is in any of `set`.
+    pub fn contains(set: &[Cidr], ip: IpAddr) -> bool {
+        set.iter().any(|c| c.contains(ip))
+    }
+}
+
+impl UpstreamPool {
+    /// Round-robin choice of a backend for the `counter`-th connection a runtime opens to this pool.
+    pub fn pick_backend(&self, counter: usize) -> &Backend {
+        &self.backends[counter % self.backends.len()]
+    }
+}

@@ -1,0 +1,77 @@
+//! What the engine asks its runtime to do, and the records it hands out.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::config::{ListenerId, PoolId};
+
+/// One thing for the runtime to do, in order. Bytes must be written completely, in the
+/// order given, before the runtime feeds the engine more input from that side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Write these bytes to the client.
+    ToClient(Bytes),
+    /// Get a connection to a backend of `pool` (backend picked by [`crate::UpstreamPool::pick_backend`]
+    /// or the runtime's own pool), then call [`crate::Connection::handle_upstream_connected`]
+    /// or [`crate::Connection::handle_upstream_failed`]. With `fresh`, a pooled idle connection
+    /// must not be reused (this is the retry after a reused connection failed).
+    ConnectUpstream { pool: PoolId, fresh: bool },
+    /// Write these bytes to the current upstream connection.
+    ToUpstream(Bytes),
+    /// The engine is done with the upstream connection: put it back in the idle pool when
+    /// `reusable`, otherwise close it.
+    ReleaseUpstream { reusable: bool },
+    /// After writing everything before this, close the client connection.
+    CloseClient,
+    /// An exchange finished: one access-log record.
+    AccessLog(AccessRecord),
+}
+
+/// Why the engine wants to be woken at a deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimerKind {
+    /// The request head is taking too long (slowloris).
+    ClientHeader,
+    /// Idle keep-alive connection between requests.
+    ClientIdle,
+    /// A request body stalled.
+    ClientBody,
+    /// Connecting to the upstream.
+    UpstreamConnect,
+    /// Waiting for the upstream's response (head, or the next body bytes).
+    UpstreamResponse,
+}
+
+/// One finished exchange, for the access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRecord {
+    pub listener: ListenerId,
+    /// The client address after `X-Forwarded-For` resolution.
+    pub client: IpAddr,
+    /// The method as sent (`GET`); empty when the request line was unreadable.
+    pub method: Bytes,
+    /// The request-target exactly as sent.
+    pub target: Bytes,
+    /// `HTTP/1.1` or `HTTP/1.0`.
+    pub version: &'static str,
+    /// Status sent to the client (0 when the client got no response, e.g. a cut upstream).
+    pub status: u16,
+    /// Request body bytes received from the client.
+    pub body_bytes_in: u64,
+    /// Response bytes (head and body) sent to the client.
+    pub bytes_out: u64,
+    /// From the first byte of the request to the end of the exchange.
+    pub duration: Duration,
+    /// From sending the request upstream to the upstream's response head, if it got that far.
+    pub upstream_duration: Option<Duration>,
+    /// The pool the request went to, if any.
+    pub pool: Option<PoolId>,
+    pub request_id: Bytes,
+    /// `User-Agent` and `Referer`, for the combined log format.
+    pub user_agent: Bytes,
+    pub referer: Bytes,
+    /// When the exchange began.
+    pub started: Instant,
+}
