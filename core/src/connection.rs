@@ -1,22 +1,179 @@
-//! One client connection's state machine (API skeleton; being implemented).
+//! One client connection's state machine: requests in, decisions and bytes out.
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::config::{Config, ListenerId};
-use crate::output::{Output, TimerKind};
+use bytes::{Bytes, BytesMut};
+
+use crate::answer::{self, AnswerCtx};
+use crate::config::{Config, ListenerId, PoolId};
+use crate::forwarded::{identify, ClientIdentity, RequestIds};
+use crate::http1::chunked::{chunk_header, ChunkedDecoder, CHUNK_END, LAST_CHUNK};
+use crate::http1::lines::{scan_head, HeadScan, ScanLimits};
+use crate::http1::reject::Reject;
+use crate::http1::request::{self, RequestBody, RequestHead, Version};
+use crate::http1::response::{self, ResponseBody, ResponseHead, MAX_RESPONSE_HEADERS};
+use crate::output::{AccessRecord, Output, TimerKind};
+use crate::rewrite::{self, ClientFraming};
+use crate::route::{self, Decision, WellKnownDoc};
+use crate::timer::Timers;
 
 /// The engine for one client connection.
 ///
-/// Contract: after creating it, and after every `handle_*` call, drain [`Connection::poll_output`]
-/// until it returns `None`, performing each output in order (write bytes completely before
-/// reading more); then wait for I/O (client readable if [`Connection::wants_client_read`],
-/// upstream readable if [`Connection::wants_upstream_read`]) or the deadline of
-/// [`Connection::poll_timeout`], whichever comes first, and feed what happened back.
-/// Stop when [`Connection::is_closed`].
+/// # Contract
+/// Create one per accepted client connection. After creating it, and after every
+/// `handle_*` call, drain [`Connection::poll_output`] until it returns `None`, performing
+/// each [`Output`] in order (write bytes completely before feeding more input). Then wait
+/// for the first of: the client readable (only if [`Connection::wants_client_read`]), the
+/// upstream readable (only if [`Connection::wants_upstream_read`]), or the deadline of
+/// [`Connection::poll_timeout`]; feed what happened back with the matching `handle_*`
+/// call. Stop when [`Connection::is_closed`]. Time is only ever passed in (`now`), and
+/// must not go backwards.
+///
+/// # Methods
+/// - inputs: `handle_client_data`, `handle_client_eof`, `handle_upstream_connected`,
+///   `handle_upstream_failed`, `handle_upstream_data`, `handle_upstream_eof`,
+///   `handle_timeout`, `begin_shutdown`;
+/// - outputs: `poll_output`, `poll_timeout`;
+/// - getters: `wants_client_read`, `wants_upstream_read`, `is_idle`, `is_closed`.
+///
+/// One exchange is in flight at a time. Pipelined requests wait in a bounded buffer and
+/// are answered in order.
 pub struct Connection {
-    _config: Arc<Config>,
+    config: Arc<Config>,
+    listener: ListenerId,
+    peer: IpAddr,
+    ids: RequestIds,
+    /// Client bytes not yet consumed.
+    rx: BytesMut,
+    outputs: VecDeque<Output>,
+    timers: Timers,
+    state: State,
+    client_eof: bool,
+    shutting_down: bool,
+    /// Exchanges started so far: tells a handler whether the exchange it began with is
+    /// still the one in flight.
+    exchanges: u64,
+}
+
+enum State {
+    /// Waiting for a request head; `since` is when waiting began.
+    Head {
+        since: Instant,
+        scanned: usize,
+        /// Bytes of a head have arrived (or this is a new connection): the header
+        /// timeout applies, else the idle timeout.
+        receiving: bool,
+    },
+    Exchange(Box<Exchange>),
+    /// After `101 Switching Protocols`: bytes pass both ways untouched.
+    Tunnel,
+    Closed,
+}
+
+/// Where the request body stands.
+enum RequestBodyState {
+    Length { remaining: u64 },
+    Chunked { decoder: ChunkedDecoder, total: u64 },
+    Done,
+}
+
+/// Where the upstream connection stands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Upstream {
+    Connecting { fresh: bool },
+    Connected { reused: bool },
+    Released,
+}
+
+/// Where the response stands.
+enum ResponseState {
+    /// No head yet; `scanned` is the scanner's resume point in `urx`.
+    AwaitingHead {
+        scanned: usize,
+    },
+    Body(ResponseBodyState),
+    Done,
+}
+
+enum ResponseBodyState {
+    Length {
+        remaining: u64,
+    },
+    Chunked {
+        decoder: ChunkedDecoder,
+        reframe: bool,
+    },
+    UntilClose,
+}
+
+struct Exchange {
+    started: Instant,
+    head: RequestHead,
+    identity: ClientIdentity,
+    pool: PoolId,
+    upstream_head: Bytes,
+    body: RequestBodyState,
+    body_bytes_in: u64,
+    sent_continue: bool,
+    retryable: bool,
+    retried: bool,
+    upstream: Upstream,
+    urx: BytesMut,
+    response: ResponseState,
+    status: u16,
+    /// Bytes sent to the client for this exchange (0: nothing yet, an error can still be sent).
+    bytes_out: u64,
+    sent_upstream_at: Option<Instant>,
+    upstream_duration: Option<Duration>,
+    /// The client connection closes after this exchange.
+    close_after: bool,
+    /// The upstream connection cannot be reused.
+    upstream_spoiled: bool,
+}
+
+impl Exchange {
+    fn request_done(&self) -> bool {
+        matches!(self.body, RequestBodyState::Done)
+    }
+    fn response_started(&self) -> bool {
+        self.bytes_out > 0
+    }
+}
+
+/// Why an exchange ends badly; each becomes a status (or a cut connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    UpstreamUnreachable,
+    UpstreamBroken,
+    UpstreamTimeout,
+    ClientBodyTimeout,
+    BodyTooLarge,
+    BadRequestBody,
+}
+
+impl Failure {
+    fn status(self) -> u16 {
+        match self {
+            Failure::UpstreamUnreachable | Failure::UpstreamBroken => 502,
+            Failure::UpstreamTimeout => 504,
+            Failure::ClientBodyTimeout => 408,
+            Failure::BodyTooLarge => 413,
+            Failure::BadRequestBody => 400,
+        }
+    }
+    fn message(self) -> &'static str {
+        match self {
+            Failure::UpstreamUnreachable => "The homeserver could not be reached",
+            Failure::UpstreamBroken => "The homeserver sent an invalid or incomplete response",
+            Failure::UpstreamTimeout => "The homeserver did not answer in time",
+            Failure::ClientBodyTimeout => "The request body stalled",
+            Failure::BodyTooLarge => "Request body too large",
+            Failure::BadRequestBody => "Malformed chunked request body",
+        }
+    }
 }
 
 impl Connection {
@@ -29,63 +186,1123 @@ impl Connection {
         seed: u64,
         now: Instant,
     ) -> Self {
-        let _ = (listener, peer, seed, now);
-        Connection { _config: config }
+        let mut conn = Connection {
+            config,
+            listener,
+            peer,
+            ids: RequestIds::new(seed),
+            rx: BytesMut::new(),
+            outputs: VecDeque::new(),
+            timers: Timers::default(),
+            state: State::Head {
+                since: now,
+                scanned: 0,
+                receiving: true,
+            },
+            exchanges: 0,
+            client_eof: false,
+            shutting_down: false,
+        };
+        conn.arm_head_timer();
+        conn
     }
+
+    // ----------------------------------------------------------------------------- inputs
+
     /// Bytes read from the client.
     pub fn handle_client_data(&mut self, data: &[u8], now: Instant) {
-        let _ = (data, now);
+        if data.is_empty() || self.client_eof {
+            return;
+        }
+        match self.state {
+            State::Closed => {}
+            State::Tunnel => self
+                .outputs
+                .push_back(Output::ToUpstream(Bytes::copy_from_slice(data))),
+            _ => {
+                self.rx.extend_from_slice(data);
+                self.progress(now);
+            }
+        }
     }
-    /// The client closed its sending side (or the read failed).
+
+    /// The client closed its sending side (or a read or write on it failed).
     pub fn handle_client_eof(&mut self, now: Instant) {
-        let _ = now;
+        if self.client_eof {
+            return;
+        }
+        self.client_eof = true;
+        match &mut self.state {
+            State::Closed => {}
+            State::Head { .. } => self.close(),
+            State::Tunnel => {
+                self.outputs
+                    .push_back(Output::ReleaseUpstream { reusable: false });
+                self.close();
+            }
+            State::Exchange(ex) => {
+                // A half-close after a complete request: answer it, then close.
+                ex.close_after = true;
+                if !ex.request_done() {
+                    // The request will never be complete: abandon it.
+                    ex.upstream_spoiled = true;
+                    self.end_exchange(now, 0);
+                }
+            }
+        }
     }
-    /// The upstream connection asked for by `ConnectUpstream` is ready; `reused` when it came from the idle pool.
+
+    /// The upstream connection asked for by [`Output::ConnectUpstream`] is ready;
+    /// `reused` when it came from the idle pool.
     pub fn handle_upstream_connected(&mut self, reused: bool, now: Instant) {
-        let _ = (reused, now);
+        let State::Exchange(ex) = &mut self.state else {
+            return;
+        };
+        if !matches!(ex.upstream, Upstream::Connecting { .. }) {
+            return;
+        }
+        ex.upstream = Upstream::Connected { reused };
+        ex.sent_upstream_at = Some(now);
+        self.timers.stop(TimerKind::UpstreamConnect);
+        self.timers.set(
+            TimerKind::UpstreamResponse,
+            now + self.config.timeouts.upstream_response,
+        );
+        self.outputs
+            .push_back(Output::ToUpstream(ex.upstream_head.clone()));
+        if !ex.request_done() {
+            if ex.head.expect_continue && !ex.sent_continue && ex.head.version == Version::Http11 {
+                ex.sent_continue = true;
+                self.outputs
+                    .push_back(Output::ToClient(Bytes::from_static(answer::CONTINUE)));
+            }
+            self.timers.set(
+                TimerKind::ClientBody,
+                now + self.config.timeouts.client_body,
+            );
+        }
+        self.progress(now);
     }
-    /// Connecting failed (refused, unreachable, resolution failed).
+
+    /// Connecting to the upstream failed (refused, unreachable, name not resolved).
     pub fn handle_upstream_failed(&mut self, now: Instant) {
-        let _ = now;
+        let State::Exchange(ex) = &mut self.state else {
+            return;
+        };
+        if !matches!(ex.upstream, Upstream::Connecting { .. }) {
+            return;
+        }
+        ex.upstream = Upstream::Released;
+        self.timers.stop(TimerKind::UpstreamConnect);
+        self.fail(now, Failure::UpstreamUnreachable);
     }
+
     /// Bytes read from the upstream.
     pub fn handle_upstream_data(&mut self, data: &[u8], now: Instant) {
-        let _ = (data, now);
+        match &mut self.state {
+            State::Tunnel => self
+                .outputs
+                .push_back(Output::ToClient(Bytes::copy_from_slice(data))),
+            State::Exchange(ex) if matches!(ex.upstream, Upstream::Connected { .. }) => {
+                ex.urx.extend_from_slice(data);
+                self.timers.set(
+                    TimerKind::UpstreamResponse,
+                    now + self.config.timeouts.upstream_response,
+                );
+                self.progress_response(now);
+            }
+            _ => {}
+        }
     }
-    /// The upstream closed (or a read/write on it failed).
+
+    /// The upstream closed (or a read or write on it failed).
     pub fn handle_upstream_eof(&mut self, now: Instant) {
-        let _ = now;
+        let State::Exchange(ex) = &mut self.state else {
+            if matches!(self.state, State::Tunnel) {
+                self.outputs
+                    .push_back(Output::ReleaseUpstream { reusable: false });
+                self.close();
+            }
+            return;
+        };
+        if !matches!(ex.upstream, Upstream::Connected { .. }) {
+            return;
+        }
+        ex.upstream_spoiled = true;
+        let exchange = self.exchanges;
+        // Whatever arrived before the close still counts.
+        self.progress_response(now);
+        let State::Exchange(ex) = &mut self.state else {
+            return;
+        };
+        if self.exchanges != exchange {
+            return;
+        }
+        match &ex.response {
+            ResponseState::Body(ResponseBodyState::UntilClose) => {
+                ex.response = ResponseState::Done;
+                self.try_finish(now);
+            }
+            ResponseState::AwaitingHead { .. }
+                if ex.retryable
+                    && !ex.retried
+                    && ex.urx.is_empty()
+                    && ex.upstream == (Upstream::Connected { reused: true }) =>
+            {
+                // A pooled connection the upstream had already closed: the request never
+                // got there. Safe to send once more on a fresh connection (idempotent, no body).
+                ex.retried = true;
+                ex.upstream = Upstream::Connecting { fresh: true };
+                ex.upstream_spoiled = false;
+                ex.sent_upstream_at = None;
+                let pool = ex.pool;
+                self.timers.stop(TimerKind::UpstreamResponse);
+                self.outputs
+                    .push_back(Output::ReleaseUpstream { reusable: false });
+                self.outputs
+                    .push_back(Output::ConnectUpstream { pool, fresh: true });
+                self.timers.set(
+                    TimerKind::UpstreamConnect,
+                    now + self.config.timeouts.upstream_connect,
+                );
+            }
+            ResponseState::Done => {}
+            _ => self.fail(now, Failure::UpstreamBroken),
+        }
     }
-    /// A deadline passed; extra calls are harmless.
+
+    /// A deadline passed. Extra calls are harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let _ = now;
+        while let Some(kind) = self.timers.expired(now) {
+            self.timers.stop(kind);
+            match kind {
+                TimerKind::ClientIdle => self.close(),
+                TimerKind::ClientHeader => {
+                    if let State::Head { .. } = self.state {
+                        if self.rx.is_empty() {
+                            self.close();
+                        } else {
+                            let bytes = answer::text_error(
+                                408,
+                                "Request header read timed out",
+                                AnswerCtx {
+                                    close: true,
+                                    head_only: false,
+                                    request_id: None,
+                                },
+                            );
+                            self.outputs.push_back(Output::ToClient(bytes));
+                            self.close();
+                        }
+                    }
+                }
+                TimerKind::ClientBody => self.fail(now, Failure::ClientBodyTimeout),
+                TimerKind::UpstreamConnect | TimerKind::UpstreamResponse => {
+                    self.fail(now, Failure::UpstreamTimeout)
+                }
+            }
+        }
     }
-    /// The next thing to do, or `None` when there is nothing until more input.
-    pub fn poll_output(&mut self) -> Option<Output> {
-        None
-    }
-    /// The next deadline and why.
-    pub fn poll_timeout(&self) -> Option<(Instant, TimerKind)> {
-        None
-    }
-    /// Whether the runtime should read from the client now (backpressure).
-    pub fn wants_client_read(&self) -> bool {
-        true
-    }
-    /// Whether the runtime should read from the upstream now.
-    pub fn wants_upstream_read(&self) -> bool {
-        false
-    }
-    /// No more input will be accepted and every output has been drained.
-    pub fn is_closed(&self) -> bool {
-        false
-    }
+
     /// The runtime is shutting down: finish the exchange in flight (if any), then close.
     pub fn begin_shutdown(&mut self, now: Instant) {
-        let _ = now;
+        self.shutting_down = true;
+        match &mut self.state {
+            State::Head { .. } if self.rx.is_empty() => self.close(),
+            State::Exchange(ex) => ex.close_after = true,
+            _ => {}
+        }
+        self.progress(now);
     }
-    /// Nothing is in flight: a runtime draining for shutdown may close this connection now.
+
+    // ---------------------------------------------------------------------------- outputs
+
+    /// The next thing to do, or `None` until more input arrives.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The next deadline and why. Call [`Connection::handle_timeout`] when it passes.
+    pub fn poll_timeout(&self) -> Option<(Instant, TimerKind)> {
+        if matches!(self.state, State::Closed) {
+            return None;
+        }
+        self.timers.next()
+    }
+
+    // ---------------------------------------------------------------------------- getters
+
+    /// Whether to read from the client now (backpressure: `false` while a pipelined
+    /// request waits, or while a body has nowhere to go yet).
+    pub fn wants_client_read(&self) -> bool {
+        if self.client_eof {
+            return false;
+        }
+        match &self.state {
+            State::Closed => false,
+            State::Tunnel => true,
+            State::Head { .. } => true,
+            State::Exchange(ex) => {
+                if ex.request_done() {
+                    self.rx.len() < self.config.limits.max_pipelined_bytes
+                } else {
+                    matches!(ex.upstream, Upstream::Connected { .. })
+                        && self.rx.len() < self.config.limits.max_pipelined_bytes
+                }
+            }
+        }
+    }
+
+    /// Whether to read from the upstream now.
+    pub fn wants_upstream_read(&self) -> bool {
+        match &self.state {
+            State::Tunnel => true,
+            State::Exchange(ex) => {
+                matches!(ex.upstream, Upstream::Connected { .. })
+                    && !matches!(ex.response, ResponseState::Done)
+            }
+            _ => false,
+        }
+    }
+
+    /// Nothing is in flight (a runtime may close this connection without cutting anything).
     pub fn is_idle(&self) -> bool {
+        matches!(self.state, State::Head { .. }) && self.rx.is_empty()
+    }
+
+    /// Closed, and every output drained.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed) && self.outputs.is_empty()
+    }
+
+    // --------------------------------------------------------------------------- internals
+
+    fn close(&mut self) {
+        if !matches!(self.state, State::Closed) {
+            self.state = State::Closed;
+            self.timers.clear();
+            self.rx = BytesMut::new();
+            self.outputs.push_back(Output::CloseClient);
+        }
+    }
+
+    fn arm_head_timer(&mut self) {
+        let State::Head {
+            since, receiving, ..
+        } = self.state
+        else {
+            return;
+        };
+        let t = &self.config.timeouts;
+        self.timers.stop(TimerKind::ClientIdle);
+        self.timers.stop(TimerKind::ClientHeader);
+        if !receiving {
+            self.timers
+                .set(TimerKind::ClientIdle, since + t.client_idle);
+        } else {
+            self.timers
+                .set(TimerKind::ClientHeader, since + t.client_header);
+        }
+    }
+
+    /// Moves the connection forward as far as the buffered client bytes allow.
+    fn progress(&mut self, now: Instant) {
+        loop {
+            match &mut self.state {
+                State::Closed => return,
+                State::Tunnel => {
+                    if !self.rx.is_empty() {
+                        let bytes = self.rx.split().freeze();
+                        self.outputs.push_back(Output::ToUpstream(bytes));
+                    }
+                    return;
+                }
+                State::Head { .. } => {
+                    if self.rx.is_empty() {
+                        if self.client_eof || self.shutting_down {
+                            self.close();
+                        }
+                        return;
+                    }
+                    if !self.read_head(now) {
+                        return;
+                    }
+                }
+                State::Exchange(_) => {
+                    self.pump_request_body(now);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Tries to read a request head; `true` if the state changed.
+    fn read_head(&mut self, now: Instant) -> bool {
+        let State::Head {
+            since,
+            scanned,
+            receiving,
+        } = &mut self.state
+        else {
+            return false;
+        };
+        if !*receiving {
+            // The first byte of a new request: the header timeout starts now.
+            *receiving = true;
+            *since = now;
+        }
+        let limits = &self.config.limits;
+        let scan = scan_head(
+            &self.rx,
+            scanned,
+            ScanLimits {
+                max_first_line: limits.max_request_line_bytes,
+                max_head: limits.max_head_bytes,
+                max_lines: limits.max_headers + 1,
+            },
+        );
+        let started = *since;
+        match scan {
+            Ok(HeadScan::Partial) => {
+                self.arm_head_timer();
+                false
+            }
+            Ok(HeadScan::Complete { start, end }) => {
+                let head = self.rx.split_to(end).freeze().slice(start..);
+                match request::parse_head(&head, limits.max_headers) {
+                    Ok(parsed) => self.start_exchange(parsed, started, now),
+                    Err(reject) => self.reject(reject, Some(&head), started, now),
+                }
+                true
+            }
+            Err(reject) => {
+                self.reject(reject, None, started, now);
+                true
+            }
+        }
+    }
+
+    /// Answers a request that cannot be passed on, and closes: after a framing error
+    /// nothing that follows on this connection can be trusted.
+    fn reject(&mut self, reject: Reject, head: Option<&Bytes>, started: Instant, now: Instant) {
+        let (method, target) = head
+            .and_then(|h| {
+                let mut parts = h.splitn(3, |&b| b == b' ');
+                Some((h.slice_ref(parts.next()?), h.slice_ref(parts.next()?)))
+            })
+            .unwrap_or_default();
+        let path_end = target
+            .iter()
+            .position(|&b| b == b'?')
+            .unwrap_or(target.len());
+        let status = reject.status();
+        let bytes = answer::error_for_path(
+            &target[..path_end],
+            status,
+            answer::errcode_for(status),
+            reject.reason(),
+            AnswerCtx {
+                close: true,
+                head_only: false,
+                request_id: None,
+            },
+        );
+        let record = AccessRecord {
+            listener: self.listener,
+            client: self.peer,
+            method,
+            target,
+            version: "HTTP/1.1",
+            status,
+            body_bytes_in: 0,
+            bytes_out: bytes.len() as u64,
+            duration: now.saturating_duration_since(started),
+            upstream_duration: None,
+            pool: None,
+            request_id: Bytes::new(),
+            user_agent: Bytes::new(),
+            referer: Bytes::new(),
+            started,
+        };
+        self.outputs.push_back(Output::ToClient(bytes));
+        self.outputs.push_back(Output::AccessLog(record));
+        self.close();
+    }
+
+    fn start_exchange(&mut self, head: RequestHead, started: Instant, now: Instant) {
+        self.timers.stop(TimerKind::ClientHeader);
+        self.timers.stop(TimerKind::ClientIdle);
+        let config = Arc::clone(&self.config);
+        let listener = &config.listeners[self.listener];
+        let identity = identify(&config, listener.scheme, self.peer, &head, &mut self.ids);
+        let decision = route::decide(&config, listener, head.path(), identity.client)
+            .map(|d| self.apply_virtual_hosts(d, &head));
+        let decision = match decision {
+            Ok(d) => d,
+            Err(reject) => {
+                let raw = head_bytes_for_log(&head);
+                self.reject(reject, Some(&raw), started, now);
+                return;
+            }
+        };
+        let has_body = !matches!(head.body, RequestBody::None | RequestBody::Length(0));
+        let close = head.close || self.shutting_down || self.client_eof || has_body;
+        let id_header = config.forwarding.request_id_header.as_str();
+        let ctx = AnswerCtx {
+            close,
+            head_only: head.is_head_method(),
+            request_id: Some((id_header, &identity.request_id[..])),
+        };
+        let method = &head.method[..];
+        let (bytes, log) = match decision {
+            Decision::Forward(pool) => {
+                self.forward(head, identity, pool, started, now);
+                return;
+            }
+            Decision::Health => (answer::health(ctx), false),
+            Decision::WellKnown(doc) => {
+                let bytes = if method == b"OPTIONS" {
+                    answer::preflight(ctx)
+                } else if method != b"GET" && method != b"HEAD" {
+                    answer::matrix_error(405, "M_UNRECOGNIZED", "Method not allowed", ctx)
+                } else {
+                    let wk = &config.well_known;
+                    answer::well_known(
+                        match doc {
+                            WellKnownDoc::Server => wk.server.as_ref(),
+                            WellKnownDoc::Client => wk.client.as_ref(),
+                            WellKnownDoc::Support => wk.support.as_ref(),
+                            WellKnownDoc::Unknown => None,
+                        },
+                        ctx,
+                    )
+                };
+                (bytes, true)
+            }
+            Decision::AdminRefused | Decision::NotFound => {
+                let bytes = answer::error_for_path(
+                    head.path(),
+                    404,
+                    "M_UNRECOGNIZED",
+                    "Unrecognized request",
+                    ctx,
+                );
+                (bytes, true)
+            }
+            Decision::Misdirected => {
+                let bytes = answer::error_for_path(
+                    head.path(),
+                    421,
+                    "M_UNRECOGNIZED",
+                    "This server does not serve that host",
+                    ctx,
+                );
+                (bytes, true)
+            }
+        };
+        let status = status_of(&bytes);
+        let bytes_out = bytes.len() as u64;
+        self.outputs.push_back(Output::ToClient(bytes));
+        if log {
+            let record = self.record(
+                &head, &identity, None, status, 0, bytes_out, started, now, None,
+            );
+            self.outputs.push_back(Output::AccessLog(record));
+        }
+        if close {
+            self.close();
+        } else {
+            self.next_request(now);
+        }
+    }
+
+    /// With virtual hosts configured, a forwarded request for another host goes to the
+    /// fallback pool, or is misdirected.
+    fn apply_virtual_hosts(&self, decision: Decision, head: &RequestHead) -> Decision {
+        let vhosts = &self.config.virtual_hosts;
+        if vhosts.names.is_empty() || !matches!(decision, Decision::Forward(_)) {
+            return decision;
+        }
+        let host = head.host.as_deref().map(host_without_port).unwrap_or(b"");
+        if vhosts
+            .names
+            .iter()
+            .any(|n| crate::http1::tokens::eq_ignore_case(host, n.as_bytes()))
+        {
+            return decision;
+        }
+        match vhosts.fallback {
+            Some(pool) => Decision::Forward(pool),
+            None => Decision::Misdirected,
+        }
+    }
+
+    fn forward(
+        &mut self,
+        head: RequestHead,
+        identity: ClientIdentity,
+        pool: PoolId,
+        started: Instant,
+        now: Instant,
+    ) {
+        let config = Arc::clone(&self.config);
+        let body = match head.body {
+            RequestBody::None | RequestBody::Length(0) => RequestBodyState::Done,
+            RequestBody::Length(n) => {
+                if n > config.limits.max_body_bytes {
+                    // Refused before a byte goes upstream; the body is never read, so the
+                    // connection cannot carry another request.
+                    let ctx = AnswerCtx {
+                        close: true,
+                        head_only: head.is_head_method(),
+                        request_id: Some((
+                            config.forwarding.request_id_header.as_str(),
+                            &identity.request_id[..],
+                        )),
+                    };
+                    let bytes = answer::matrix_error(
+                        413,
+                        "M_TOO_LARGE",
+                        Failure::BodyTooLarge.message(),
+                        ctx,
+                    );
+                    let out = bytes.len() as u64;
+                    self.outputs.push_back(Output::ToClient(bytes));
+                    let record = self.record(
+                        &head,
+                        &identity,
+                        Some(pool),
+                        413,
+                        0,
+                        out,
+                        started,
+                        now,
+                        None,
+                    );
+                    self.outputs.push_back(Output::AccessLog(record));
+                    self.close();
+                    return;
+                }
+                RequestBodyState::Length { remaining: n }
+            }
+            RequestBody::Chunked => RequestBodyState::Chunked {
+                decoder: ChunkedDecoder::new(),
+                total: 0,
+            },
+        };
+        let upstream_head = rewrite::upstream_request(
+            &head,
+            &identity,
+            config.forwarding.request_id_header.as_str(),
+            &config.server_name,
+        );
+        let retryable = head.is_idempotent() && matches!(body, RequestBodyState::Done);
+        let close_after = head.close || self.shutting_down || self.client_eof;
+        self.exchanges += 1;
+        self.state = State::Exchange(Box::new(Exchange {
+            started,
+            head,
+            identity,
+            pool,
+            upstream_head,
+            body,
+            body_bytes_in: 0,
+            sent_continue: false,
+            retryable,
+            retried: false,
+            upstream: Upstream::Connecting { fresh: false },
+            urx: BytesMut::new(),
+            response: ResponseState::AwaitingHead { scanned: 0 },
+            status: 0,
+            bytes_out: 0,
+            sent_upstream_at: None,
+            upstream_duration: None,
+            close_after,
+            upstream_spoiled: false,
+        }));
+        self.outputs
+            .push_back(Output::ConnectUpstream { pool, fresh: false });
+        self.timers.set(
+            TimerKind::UpstreamConnect,
+            now + config.timeouts.upstream_connect,
+        );
+    }
+
+    /// Passes buffered request-body bytes upstream, re-framing chunked bodies.
+    fn pump_request_body(&mut self, now: Instant) {
+        let max_body = self.config.limits.max_body_bytes;
+        let State::Exchange(ex) = &mut self.state else {
+            return;
+        };
+        if !matches!(ex.upstream, Upstream::Connected { .. }) || self.rx.is_empty() {
+            return;
+        }
+        let before = ex.body_bytes_in;
+        let mut failure = None;
+        match &mut ex.body {
+            RequestBodyState::Done => return,
+            RequestBodyState::Length { remaining } => {
+                let take = (*remaining).min(self.rx.len() as u64) as usize;
+                let bytes = self.rx.split_to(take).freeze();
+                *remaining -= take as u64;
+                ex.body_bytes_in += take as u64;
+                self.outputs.push_back(Output::ToUpstream(bytes));
+                if *remaining == 0 {
+                    ex.body = RequestBodyState::Done;
+                }
+            }
+            RequestBodyState::Chunked { decoder, total } => {
+                while !self.rx.is_empty() && !decoder.is_done() {
+                    let step = match decoder.step(&self.rx) {
+                        Ok(s) => s,
+                        Err(_) => {
+                            failure = Some(Failure::BadRequestBody);
+                            break;
+                        }
+                    };
+                    let used = self.rx.split_to(step.consumed).freeze();
+                    if let Some((a, b)) = step.data {
+                        *total += (b - a) as u64;
+                        ex.body_bytes_in += (b - a) as u64;
+                        if *total > max_body {
+                            failure = Some(Failure::BodyTooLarge);
+                            break;
+                        }
+                        self.outputs
+                            .push_back(Output::ToUpstream(chunk_header(b - a)));
+                        self.outputs.push_back(Output::ToUpstream(used.slice(a..b)));
+                        self.outputs
+                            .push_back(Output::ToUpstream(Bytes::from_static(CHUNK_END)));
+                    }
+                }
+                if failure.is_none() && decoder.is_done() {
+                    self.outputs
+                        .push_back(Output::ToUpstream(Bytes::from_static(LAST_CHUNK)));
+                    ex.body = RequestBodyState::Done;
+                }
+            }
+        }
+        if let Some(f) = failure {
+            ex.upstream_spoiled = true;
+            ex.close_after = true;
+            self.fail(now, f);
+            return;
+        }
+        if ex.request_done() {
+            self.timers.stop(TimerKind::ClientBody);
+            self.try_finish(now);
+        } else if ex.body_bytes_in > before {
+            self.timers.set(
+                TimerKind::ClientBody,
+                now + self.config.timeouts.client_body,
+            );
+        }
+    }
+
+    /// Reads the response from `urx` as far as it goes.
+    fn progress_response(&mut self, now: Instant) {
+        let config = Arc::clone(&self.config);
+        loop {
+            let State::Exchange(ex) = &mut self.state else {
+                return;
+            };
+            match &mut ex.response {
+                ResponseState::Done => {
+                    if !ex.urx.is_empty() {
+                        // Bytes after a complete response: this upstream is not to be reused.
+                        ex.upstream_spoiled = true;
+                        ex.urx.clear();
+                    }
+                    self.try_finish(now);
+                    return;
+                }
+                ResponseState::AwaitingHead { scanned } => {
+                    let limit = config.limits.max_response_head_bytes;
+                    let scan = scan_head(
+                        &ex.urx,
+                        scanned,
+                        ScanLimits {
+                            max_first_line: limit,
+                            max_head: limit,
+                            max_lines: MAX_RESPONSE_HEADERS,
+                        },
+                    );
+                    let (start, end) = match scan {
+                        Ok(HeadScan::Partial) => return,
+                        Ok(HeadScan::Complete { start, end }) => (start, end),
+                        Err(_) => {
+                            ex.upstream_spoiled = true;
+                            self.fail(now, Failure::UpstreamBroken);
+                            return;
+                        }
+                    };
+                    let raw = ex.urx.split_to(end).freeze().slice(start..);
+                    match response::parse_head(&raw, ex.head.is_head_method()) {
+                        Ok(resp) => {
+                            if !self.start_response(resp, now) {
+                                return;
+                            }
+                        }
+                        Err(_) => {
+                            let State::Exchange(ex) = &mut self.state else {
+                                return;
+                            };
+                            ex.upstream_spoiled = true;
+                            self.fail(now, Failure::UpstreamBroken);
+                            return;
+                        }
+                    }
+                }
+                ResponseState::Body(body) => {
+                    if ex.urx.is_empty() {
+                        return;
+                    }
+                    let mut broken = false;
+                    match body {
+                        ResponseBodyState::Length { remaining } => {
+                            let take = (*remaining).min(ex.urx.len() as u64) as usize;
+                            let bytes = ex.urx.split_to(take).freeze();
+                            *remaining -= take as u64;
+                            ex.bytes_out += take as u64;
+                            self.outputs.push_back(Output::ToClient(bytes));
+                            if *remaining == 0 {
+                                ex.response = ResponseState::Done;
+                            }
+                        }
+                        ResponseBodyState::UntilClose => {
+                            let bytes = ex.urx.split().freeze();
+                            ex.bytes_out += bytes.len() as u64;
+                            self.outputs.push_back(Output::ToClient(bytes));
+                        }
+                        ResponseBodyState::Chunked { decoder, reframe } => {
+                            while !ex.urx.is_empty() && !decoder.is_done() {
+                                let Ok(step) = decoder.step(&ex.urx) else {
+                                    broken = true;
+                                    break;
+                                };
+                                let used = ex.urx.split_to(step.consumed).freeze();
+                                if let Some((a, b)) = step.data {
+                                    if *reframe {
+                                        self.outputs
+                                            .push_back(Output::ToClient(chunk_header(b - a)));
+                                    }
+                                    self.outputs.push_back(Output::ToClient(used.slice(a..b)));
+                                    if *reframe {
+                                        self.outputs.push_back(Output::ToClient(
+                                            Bytes::from_static(CHUNK_END),
+                                        ));
+                                    }
+                                    ex.bytes_out += (b - a) as u64;
+                                }
+                            }
+                            if !broken && decoder.is_done() {
+                                if *reframe {
+                                    self.outputs.push_back(Output::ToClient(Bytes::from_static(
+                                        LAST_CHUNK,
+                                    )));
+                                    ex.bytes_out += LAST_CHUNK.len() as u64;
+                                }
+                                ex.response = ResponseState::Done;
+                            }
+                        }
+                    }
+                    if broken {
+                        ex.upstream_spoiled = true;
+                        self.fail(now, Failure::UpstreamBroken);
+                        return;
+                    }
+                    if !matches!(ex.response, ResponseState::Done) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles a parsed response head. `false` when processing should stop.
+    fn start_response(&mut self, resp: ResponseHead, now: Instant) -> bool {
+        let id_header = self.config.forwarding.request_id_header.as_str();
+        let shutting_down = self.shutting_down;
+        let State::Exchange(ex) = &mut self.state else {
+            return false;
+        };
+        if ex.upstream_duration.is_none() {
+            ex.upstream_duration = ex
+                .sent_upstream_at
+                .map(|t| now.saturating_duration_since(t));
+        }
+        let client_version = ex.head.version;
+        if resp.status == 101 {
+            if !ex.head.upgrade {
+                ex.upstream_spoiled = true;
+                self.fail(now, Failure::UpstreamBroken);
+                return false;
+            }
+            let head = rewrite::client_response(
+                &resp,
+                ClientFraming::AsIs,
+                client_version,
+                false,
+                Some((id_header, &ex.identity.request_id)),
+                true,
+            );
+            ex.status = 101;
+            ex.bytes_out += head.len() as u64;
+            self.outputs.push_back(Output::ToClient(head));
+            let rest = ex.urx.split().freeze();
+            if !rest.is_empty() {
+                self.outputs.push_back(Output::ToClient(rest));
+            }
+            let record = self.exchange_record(now);
+            self.outputs.push_back(Output::AccessLog(record));
+            self.timers.clear();
+            self.state = State::Tunnel;
+            self.progress(now);
+            return false;
+        }
+        if (100..200).contains(&resp.status) {
+            // Interim responses: our own 100 Continue already went out; others (103)
+            // are passed on to HTTP/1.1 clients.
+            if resp.status != 100 && client_version == Version::Http11 {
+                let head = rewrite::client_response(
+                    &resp,
+                    ClientFraming::AsIs,
+                    client_version,
+                    false,
+                    None,
+                    false,
+                );
+                self.outputs.push_back(Output::ToClient(head));
+            }
+            ex.response = ResponseState::AwaitingHead { scanned: 0 };
+            return true;
+        }
+        let (framing, body) = match resp.body {
+            ResponseBody::None => (ClientFraming::AsIs, None),
+            ResponseBody::Length(n) => (
+                ClientFraming::AsIs,
+                Some(ResponseBodyState::Length { remaining: n }),
+            ),
+            ResponseBody::Chunked if client_version == Version::Http11 => (
+                ClientFraming::Chunked,
+                Some(ResponseBodyState::Chunked {
+                    decoder: ChunkedDecoder::new(),
+                    reframe: true,
+                }),
+            ),
+            ResponseBody::Chunked => (
+                ClientFraming::Close,
+                Some(ResponseBodyState::Chunked {
+                    decoder: ChunkedDecoder::new(),
+                    reframe: false,
+                }),
+            ),
+            ResponseBody::UntilClose => (ClientFraming::Close, Some(ResponseBodyState::UntilClose)),
+        };
+        if resp.close {
+            ex.upstream_spoiled = true;
+        }
+        if framing == ClientFraming::Close || !ex.request_done() || shutting_down {
+            // A response before the whole request body: the rest of the body would have
+            // to be read and thrown away to find the next request; closing is simpler.
+            ex.close_after = true;
+        }
+        let head = rewrite::client_response(
+            &resp,
+            framing,
+            client_version,
+            ex.close_after,
+            Some((id_header, &ex.identity.request_id)),
+            false,
+        );
+        ex.status = resp.status;
+        ex.bytes_out += head.len() as u64;
+        self.outputs.push_back(Output::ToClient(head));
+        ex.response = match body {
+            None | Some(ResponseBodyState::Length { remaining: 0 }) => ResponseState::Done,
+            Some(b) => ResponseState::Body(b),
+        };
         true
     }
+
+    /// Ends the exchange when both the request and the response are complete.
+    fn try_finish(&mut self, now: Instant) {
+        let State::Exchange(ex) = &mut self.state else {
+            return;
+        };
+        if !matches!(ex.response, ResponseState::Done) {
+            return;
+        }
+        if !ex.request_done() {
+            // The upstream answered without reading the whole body: it cannot be reused,
+            // and neither can the client connection.
+            ex.upstream_spoiled = true;
+            ex.close_after = true;
+        }
+        let status = ex.status;
+        self.end_exchange(now, status);
+    }
+
+    /// Ends the exchange in flight with what has been sent, releasing the upstream.
+    fn end_exchange(&mut self, now: Instant, status: u16) {
+        let State::Exchange(ex) = &mut self.state else {
+            return;
+        };
+        ex.status = status;
+        if matches!(
+            ex.upstream,
+            Upstream::Connecting { .. } | Upstream::Connected { .. }
+        ) {
+            let reusable = matches!(ex.upstream, Upstream::Connected { .. })
+                && !ex.upstream_spoiled
+                && ex.request_done()
+                && matches!(ex.response, ResponseState::Done)
+                && ex.urx.is_empty();
+            ex.upstream = Upstream::Released;
+            self.outputs.push_back(Output::ReleaseUpstream { reusable });
+        }
+        let close = ex.close_after;
+        let record = self.exchange_record(now);
+        self.outputs.push_back(Output::AccessLog(record));
+        self.timers.stop(TimerKind::UpstreamConnect);
+        self.timers.stop(TimerKind::UpstreamResponse);
+        self.timers.stop(TimerKind::ClientBody);
+        if close {
+            self.close();
+        } else {
+            self.next_request(now);
+        }
+    }
+
+    /// Sends an error for the exchange in flight if nothing was sent yet, else cuts the
+    /// client connection (a truncated response must never look complete).
+    fn fail(&mut self, now: Instant, failure: Failure) {
+        let id_header = self.config.forwarding.request_id_header.as_str();
+        let State::Exchange(ex) = &mut self.state else {
+            return;
+        };
+        ex.upstream_spoiled = true;
+        if ex.response_started() {
+            ex.close_after = true;
+            let status = ex.status;
+            self.end_exchange(now, status);
+            return;
+        }
+        if !ex.request_done() {
+            ex.close_after = true;
+        }
+        let status = failure.status();
+        let ctx = AnswerCtx {
+            close: ex.close_after,
+            head_only: ex.head.is_head_method(),
+            request_id: Some((id_header, &ex.identity.request_id)),
+        };
+        let bytes = answer::error_for_path(
+            ex.head.path(),
+            status,
+            answer::errcode_for(status),
+            failure.message(),
+            ctx,
+        );
+        ex.bytes_out += bytes.len() as u64;
+        ex.response = ResponseState::Done;
+        self.outputs.push_back(Output::ToClient(bytes));
+        self.end_exchange(now, status);
+    }
+
+    /// Back to reading heads, starting with any pipelined bytes.
+    fn next_request(&mut self, now: Instant) {
+        self.state = State::Head {
+            since: now,
+            scanned: 0,
+            receiving: false,
+        };
+        if self.rx.is_empty() {
+            // Do not keep a read buffer for an idle connection.
+            self.rx = BytesMut::new();
+        }
+        self.arm_head_timer();
+        self.progress(now);
+    }
+
+    fn exchange_record(&self, now: Instant) -> AccessRecord {
+        let State::Exchange(ex) = &self.state else {
+            unreachable!("exchange_record outside an exchange");
+        };
+        self.record(
+            &ex.head,
+            &ex.identity,
+            Some(ex.pool),
+            ex.status,
+            ex.body_bytes_in,
+            ex.bytes_out,
+            ex.started,
+            now,
+            ex.upstream_duration,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        head: &RequestHead,
+        identity: &ClientIdentity,
+        pool: Option<PoolId>,
+        status: u16,
+        body_bytes_in: u64,
+        bytes_out: u64,
+        started: Instant,
+        now: Instant,
+        upstream_duration: Option<Duration>,
+    ) -> AccessRecord {
+        AccessRecord {
+            listener: self.listener,
+            client: identity.client,
+            method: head.method.clone(),
+            target: head.target.clone(),
+            version: head.version.as_str(),
+            status,
+            body_bytes_in,
+            bytes_out,
+            duration: now.saturating_duration_since(started),
+            upstream_duration,
+            pool,
+            request_id: identity.request_id.clone(),
+            user_agent: head.header(b"user-agent").cloned().unwrap_or_default(),
+            referer: head.header(b"referer").cloned().unwrap_or_default(),
+            started,
+        }
+    }
+}
+
+/// The status code of a response mxgate rendered itself.
+fn status_of(rendered: &[u8]) -> u16 {
+    rendered
+        .get(9..12)
+        .and_then(|d| std::str::from_utf8(d).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn host_without_port(host: &[u8]) -> &[u8] {
+    if host.starts_with(b"[") {
+        return match host.iter().position(|&b| b == b']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.iter().rposition(|&b| b == b':') {
+        Some(colon) => &host[..colon],
+        None => host,
+    }
+}
+
+/// The request line again, for logging a request refused after parsing.
+fn head_bytes_for_log(head: &RequestHead) -> Bytes {
+    let mut v = Vec::with_capacity(head.method.len() + head.target.len() + 2);
+    v.extend_from_slice(&head.method);
+    v.push(b' ');
+    v.extend_from_slice(&head.target);
+    v.push(b' ');
+    Bytes::from(v)
 }

@@ -1,11 +1,22 @@
 //! mxgate-core: a sans-IO HTTP/1.1 reverse-proxy engine for Matrix homeservers.
 //!
-//! See [`Connection`] for the contract a runtime follows.
+//! No sockets, files, threads, clocks or async here: bytes and events go in, decisions
+//! and bytes come out, and time is passed in. [`Connection`] states the contract a runtime
+//! follows; [`config`] holds the validated configuration and its TOML file format.
 
+mod answer;
 pub mod config;
 mod connection;
+mod forwarded;
+pub mod http1;
 mod output;
+mod rewrite;
+pub mod route;
+mod timer;
 
 pub use config::{Config, ListenerId, PoolId, UpstreamPool};
 pub use connection::Connection;
 pub use output::{AccessRecord, Output, TimerKind};
+
+#[cfg(test)]
+mod tests;

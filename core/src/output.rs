@@ -10,6 +10,9 @@ use crate::config::{ListenerId, PoolId};
 /// One thing for the runtime to do, in order. Bytes must be written completely, in the
 /// order given, before the runtime feeds the engine more input from that side.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// The access record is the large variant; it is moved once per exchange, and boxing it
+// would cost a heap allocation per request.
+#[allow(clippy::large_enum_variant)]
 pub enum Output {
     /// Write these bytes to the client.
     ToClient(Bytes),

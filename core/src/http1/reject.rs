@@ -1,0 +1,80 @@
+//! Why a message was refused, and the HTTP status that says so.
+
+/// A request (or response) the engine refuses to pass on. Each names one rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reject {
+    BadRequestLine,
+    NotOriginForm,
+    BadVersion,
+    RequestLineTooLong,
+    HeadTooLarge,
+    TooManyHeaders,
+    BadHeaderName,
+    BadHeaderValue,
+    BareLineFeed,
+    BareCarriageReturn,
+    NulInHead,
+    ObsoleteLineFolding,
+    MissingHost,
+    DuplicateHost,
+    BadContentLength,
+    ConflictingContentLength,
+    ContentLengthWithTransferEncoding,
+    TransferEncodingInHttp10,
+    BadTransferEncoding,
+    ChunkedNotFinal,
+    UnknownTransferCoding,
+    UnsupportedTransferCoding,
+    UnsupportedExpectation,
+    BadChunk,
+    /// The target's decoded or dot-resolved form routes elsewhere than its raw form.
+    AmbiguousTarget,
+}
+
+impl Reject {
+    /// The status a client gets for this.
+    pub fn status(self) -> u16 {
+        match self {
+            Reject::RequestLineTooLong => 414,
+            Reject::HeadTooLarge | Reject::TooManyHeaders => 431,
+            Reject::UnknownTransferCoding | Reject::UnsupportedTransferCoding => 501,
+            Reject::BadVersion => 505,
+            Reject::UnsupportedExpectation => 417,
+            _ => 400,
+        }
+    }
+
+    /// A short, stable reason for the error body and logs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Reject::BadRequestLine => "malformed request line",
+            Reject::NotOriginForm => "request-target must be an absolute path",
+            Reject::BadVersion => "only HTTP/1.0 and HTTP/1.1 are supported",
+            Reject::RequestLineTooLong => "request line too long",
+            Reject::HeadTooLarge => "request headers too large",
+            Reject::TooManyHeaders => "too many request headers",
+            Reject::BadHeaderName => "malformed header name",
+            Reject::BadHeaderValue => "malformed header value",
+            Reject::BareLineFeed => "line ending without carriage return",
+            Reject::BareCarriageReturn => "carriage return without line feed",
+            Reject::NulInHead => "NUL byte in headers",
+            Reject::ObsoleteLineFolding => "folded header line",
+            Reject::MissingHost => "missing Host header",
+            Reject::DuplicateHost => "more than one Host header",
+            Reject::BadContentLength => "malformed Content-Length",
+            Reject::ConflictingContentLength => "conflicting Content-Length headers",
+            Reject::ContentLengthWithTransferEncoding => {
+                "both Content-Length and Transfer-Encoding"
+            }
+            Reject::TransferEncodingInHttp10 => "Transfer-Encoding in an HTTP/1.0 request",
+            Reject::BadTransferEncoding => "malformed Transfer-Encoding",
+            Reject::ChunkedNotFinal => "chunked must be the final transfer coding",
+            Reject::UnknownTransferCoding => "unknown transfer coding",
+            Reject::UnsupportedTransferCoding => "unsupported transfer coding",
+            Reject::UnsupportedExpectation => "unsupported expectation",
+            Reject::BadChunk => "malformed chunked body",
+            Reject::AmbiguousTarget => "request path is ambiguous once decoded",
+        }
+    }
+}

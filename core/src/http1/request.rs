@@ -1,0 +1,270 @@
+//! Parsing and validating a request head (RFC 9112), strictly enough that no request the
+//! engine forwards can be framed differently by the upstream (request smuggling).
+
+use bytes::Bytes;
+
+use super::reject::Reject;
+use super::tokens::{eq_ignore_case, for_each_token, parse_content_length};
+
+/// How the request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestBody {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// HTTP/1.0 or HTTP/1.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    Http10,
+    Http11,
+}
+
+impl Version {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::Http10 => "HTTP/1.0",
+            Version::Http11 => "HTTP/1.1",
+        }
+    }
+}
+
+/// A header as it arrived: name and value are slices of the head bytes.
+#[derive(Debug, Clone)]
+pub struct RawHeader {
+    pub name: Bytes,
+    pub value: Bytes,
+}
+
+/// A validated request head. Every field points into the original head bytes.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub method: Bytes,
+    /// The request-target exactly as sent.
+    pub target: Bytes,
+    pub version: Version,
+    pub headers: Vec<RawHeader>,
+    pub body: RequestBody,
+    pub host: Option<Bytes>,
+    /// The client asked to close after this exchange (or is HTTP/1.0 without keep-alive).
+    pub close: bool,
+    pub expect_continue: bool,
+    /// `Connection: upgrade` with an `Upgrade` header.
+    pub upgrade: bool,
+    /// Lower-cased header names listed in `Connection` (hop-by-hop, not forwarded).
+    pub connection_tokens: Vec<Bytes>,
+}
+
+impl RequestHead {
+    pub fn is_head_method(&self) -> bool {
+        &self.method[..] == b"HEAD"
+    }
+
+    /// The path part of the target (before `?`).
+    pub fn path(&self) -> &[u8] {
+        let end = self
+            .target
+            .iter()
+            .position(|&b| b == b'?' || b == b'#')
+            .unwrap_or(self.target.len());
+        &self.target[..end]
+    }
+
+    /// Whether repeating this request is harmless (RFC 9110 §9.2.2).
+    pub fn is_idempotent(&self) -> bool {
+        matches!(
+            &self.method[..],
+            b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE"
+        )
+    }
+
+    /// The first value of a header, by lower-case name.
+    pub fn header(&self, lower_name: &[u8]) -> Option<&Bytes> {
+        self.headers
+            .iter()
+            .find(|h| eq_ignore_case(&h.name, lower_name))
+            .map(|h| &h.value)
+    }
+}
+
+/// Parses a complete request head (as found by [`super::lines::scan_head`]). Every field
+/// of the result is a slice of `head`.
+/// `max_headers` bounds the header count (the scanner already bounded the line count).
+pub fn parse_head(head: &Bytes, max_headers: usize) -> Result<RequestHead, Reject> {
+    let mut storage = vec![httparse::EMPTY_HEADER; max_headers];
+    let mut req = httparse::Request::new(&mut storage);
+    let status = req.parse(head).map_err(|e| match e {
+        httparse::Error::Version if names_other_http_version(head) => Reject::BadVersion,
+        httparse::Error::TooManyHeaders => Reject::TooManyHeaders,
+        httparse::Error::HeaderName => Reject::BadHeaderName,
+        httparse::Error::HeaderValue => Reject::BadHeaderValue,
+        httparse::Error::Token => Reject::BadRequestLine,
+        _ => Reject::BadRequestLine,
+    })?;
+    if status.is_partial() {
+        // scan_head found the blank line, so httparse must see a complete head.
+        return Err(Reject::BadRequestLine);
+    }
+    let method = req.method.ok_or(Reject::BadRequestLine)?;
+    let target = req.path.ok_or(Reject::BadRequestLine)?;
+    let version = match req.version {
+        Some(0) => Version::Http10,
+        Some(1) => Version::Http11,
+        _ => return Err(Reject::BadVersion),
+    };
+    if !target.starts_with('/') {
+        // Only origin-form: absolute-form and authority-form are for forward proxies,
+        // and asterisk-form (`OPTIONS *`) has nothing to route.
+        return Err(Reject::NotOriginForm);
+    }
+    let slice = |s: &[u8]| head.slice_ref(s);
+    let method = slice(method.as_bytes());
+    let target = slice(target.as_bytes());
+
+    let mut headers = Vec::with_capacity(req.headers.len());
+    let mut host: Option<Bytes> = None;
+    let mut content_length: Option<u64> = None;
+    let mut saw_transfer_encoding = false;
+    let mut chunked_final = false;
+    let mut close = version == Version::Http10;
+    let mut expect_continue = false;
+    let mut has_upgrade_header = false;
+    let mut connection_upgrade = false;
+    let mut connection_tokens = Vec::new();
+
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        let value = h.value;
+        if value.contains(&0) {
+            return Err(Reject::BadHeaderValue);
+        }
+        if eq_ignore_case(name, b"host") {
+            if host.is_some() {
+                return Err(Reject::DuplicateHost);
+            }
+            host = Some(slice(value));
+        } else if eq_ignore_case(name, b"content-length") {
+            let n = parse_content_length(value).ok_or(Reject::BadContentLength)?;
+            match content_length {
+                Some(prev) if prev != n => return Err(Reject::ConflictingContentLength),
+                _ => content_length = Some(n),
+            }
+        } else if eq_ignore_case(name, b"transfer-encoding") {
+            saw_transfer_encoding = true;
+            let mut bad = None;
+            let mut any = false;
+            for_each_token(value, |tok| {
+                any = true;
+                if chunked_final {
+                    // Anything after `chunked` means chunked is not the final coding.
+                    bad.get_or_insert(Reject::ChunkedNotFinal);
+                }
+                if eq_ignore_case(tok, b"chunked") {
+                    chunked_final = true;
+                } else if is_known_coding(tok) {
+                    bad.get_or_insert(Reject::UnsupportedTransferCoding);
+                } else {
+                    bad.get_or_insert(Reject::UnknownTransferCoding);
+                }
+            })
+            .map_err(|_| Reject::BadTransferEncoding)?;
+            if !any {
+                return Err(Reject::BadTransferEncoding);
+            }
+            if let Some(r) = bad {
+                return Err(r);
+            }
+        } else if eq_ignore_case(name, b"connection") {
+            for_each_token(value, |tok| {
+                if eq_ignore_case(tok, b"close") {
+                    close = true;
+                } else if eq_ignore_case(tok, b"keep-alive") {
+                    if version == Version::Http10 {
+                        close = false;
+                    }
+                } else if eq_ignore_case(tok, b"upgrade") {
+                    connection_upgrade = true;
+                } else {
+                    connection_tokens.push(Bytes::from(tok.to_ascii_lowercase()));
+                }
+            })
+            .map_err(|_| Reject::BadHeaderValue)?;
+        } else if eq_ignore_case(name, b"expect") {
+            if eq_ignore_case(trim_ows(value), b"100-continue") {
+                expect_continue = true;
+            } else {
+                return Err(Reject::UnsupportedExpectation);
+            }
+        } else if eq_ignore_case(name, b"upgrade") {
+            has_upgrade_header = true;
+        }
+        headers.push(RawHeader {
+            name: slice(name),
+            value: slice(value),
+        });
+    }
+
+    if version == Version::Http11 && host.is_none() {
+        return Err(Reject::MissingHost);
+    }
+    let body = if saw_transfer_encoding {
+        if content_length.is_some() {
+            return Err(Reject::ContentLengthWithTransferEncoding);
+        }
+        if version == Version::Http10 {
+            // RFC 9112 §6.1: chunked is not defined for HTTP/1.0; treat as faulty framing.
+            return Err(Reject::TransferEncodingInHttp10);
+        }
+        RequestBody::Chunked
+    } else {
+        // `Content-Length: 0` stays explicit: some upstreams want it on an empty POST.
+        content_length.map_or(RequestBody::None, RequestBody::Length)
+    };
+    Ok(RequestHead {
+        method,
+        target,
+        version,
+        headers,
+        body,
+        host,
+        close,
+        expect_continue,
+        upgrade: connection_upgrade && has_upgrade_header,
+        connection_tokens,
+    })
+}
+
+/// Whether the request line is well formed but for a version other than 1.0/1.1
+/// (`HTTP/2.0`: 505), as opposed to plain garbage (400).
+fn names_other_http_version(head: &[u8]) -> bool {
+    let line = head.split(|&b| b == b'\r').next().unwrap_or(b"");
+    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    matches!(parts.as_slice(), [m, t, v] if !m.is_empty() && !t.is_empty()
+        && v.len() == 8 && v.starts_with(b"HTTP/") && v[5].is_ascii_digit() && v[6] == b'.' && v[7].is_ascii_digit())
+}
+
+/// Codings RFC 9112 registers: recognised, but not something this proxy decodes in requests.
+fn is_known_coding(tok: &[u8]) -> bool {
+    [
+        &b"gzip"[..],
+        b"x-gzip",
+        b"deflate",
+        b"compress",
+        b"x-compress",
+    ]
+    .iter()
+    .any(|c| eq_ignore_case(tok, c))
+}
+
+pub(crate) fn trim_ows(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(start, |p| p + 1);
+    &v[start..end]
+}

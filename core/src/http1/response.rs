@@ -1,0 +1,196 @@
+//! Parsing an upstream's response head and deciding how its body is delimited.
+
+use bytes::Bytes;
+
+use super::reject::Reject;
+use super::request::{trim_ows, RawHeader};
+use super::tokens::{eq_ignore_case, for_each_token, parse_content_length};
+
+/// Most header fields accepted in a response.
+pub const MAX_RESPONSE_HEADERS: usize = 256;
+
+/// How a response body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseBody {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes.
+    UntilClose,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub reason: Bytes,
+    pub headers: Vec<RawHeader>,
+    pub body: ResponseBody,
+    /// The upstream will close (or is HTTP/1.0 without keep-alive).
+    pub close: bool,
+    /// Lower-cased header names listed in `Connection`.
+    pub connection_tokens: Vec<Bytes>,
+}
+
+/// Parses a complete response head (as found by [`super::lines::scan_head`]).
+/// `head_request` says whether it answers a HEAD request (no body then).
+pub fn parse_head(head: &Bytes, head_request: bool) -> Result<ResponseHead, Reject> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut storage);
+    match resp.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err(Reject::BadRequestLine),
+    }
+    let status = resp.code.ok_or(Reject::BadRequestLine)?;
+    let http10 = resp.version == Some(0);
+    let reason = head.slice_ref(resp.reason.unwrap_or("").as_bytes());
+    let mut headers = Vec::with_capacity(resp.headers.len());
+    let mut content_length: Option<u64> = None;
+    let mut transfer_encoding: Option<bool> = None; // Some(chunked is final)
+    let mut close = http10;
+    let mut connection_tokens = Vec::new();
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        let value = h.value;
+        if eq_ignore_case(name, b"content-length") {
+            let n = parse_content_length(value).ok_or(Reject::BadContentLength)?;
+            if content_length.is_some_and(|p| p != n) {
+                return Err(Reject::ConflictingContentLength);
+            }
+            content_length = Some(n);
+        } else if eq_ignore_case(name, b"transfer-encoding") {
+            let mut last_chunked = false;
+            for_each_token(value, |t| last_chunked = eq_ignore_case(t, b"chunked"))
+                .map_err(|_| Reject::BadTransferEncoding)?;
+            if trim_ows(value).is_empty() {
+                return Err(Reject::BadTransferEncoding);
+            }
+            transfer_encoding = Some(last_chunked);
+        } else if eq_ignore_case(name, b"connection") {
+            for_each_token(value, |t| {
+                if eq_ignore_case(t, b"close") {
+                    close = true;
+                } else if eq_ignore_case(t, b"keep-alive") {
+                    if http10 {
+                        close = false;
+                    }
+                } else {
+                    connection_tokens.push(Bytes::from(t.to_ascii_lowercase()));
+                }
+            })
+            .map_err(|_| Reject::BadHeaderValue)?;
+        }
+        headers.push(RawHeader {
+            name: head.slice_ref(name),
+            value: head.slice_ref(value),
+        });
+    }
+    let body = if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
+        ResponseBody::None
+    } else {
+        match (transfer_encoding, content_length) {
+            (Some(true), _) => ResponseBody::Chunked,
+            // A coding we cannot delimit: the body runs until the upstream closes.
+            (Some(false), _) => ResponseBody::UntilClose,
+            (None, Some(n)) => ResponseBody::Length(n),
+            (None, None) => ResponseBody::UntilClose,
+        }
+    };
+    if transfer_encoding.is_some() && content_length.is_some() {
+        // RFC 9112 §6.3: TE overrides CL, and the connection must not be reused.
+        close = true;
+    }
+    if body == ResponseBody::UntilClose {
+        close = true;
+    }
+    Ok(ResponseHead {
+        status,
+        reason,
+        headers,
+        body,
+        close,
+        connection_tokens,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::http1::lines::{scan_head, HeadScan, ScanLimits};
+
+    fn parse(raw: &[u8], head_request: bool) -> Result<Option<(ResponseHead, usize)>, Reject> {
+        let limits = ScanLimits {
+            max_first_line: 4096,
+            max_head: 4096,
+            max_lines: 64,
+        };
+        match scan_head(raw, &mut 0, limits)? {
+            HeadScan::Partial => Ok(None),
+            HeadScan::Complete { start, end } => {
+                let head = Bytes::copy_from_slice(&raw[start..end]);
+                Ok(Some((parse_head(&head, head_request)?, end)))
+            }
+        }
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let body = |raw: &[u8]| parse(raw, false).unwrap().unwrap().0.body;
+        assert_eq!(
+            body(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
+            ResponseBody::Length(5)
+        );
+        assert_eq!(
+            body(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            ResponseBody::Chunked
+        );
+        assert_eq!(body(b"HTTP/1.1 200 OK\r\n\r\n"), ResponseBody::UntilClose);
+        assert_eq!(
+            body(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"),
+            ResponseBody::None
+        );
+        assert_eq!(
+            body(b"HTTP/1.1 304 Not Modified\r\n\r\n"),
+            ResponseBody::None
+        );
+        assert_eq!(
+            body(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            ResponseBody::UntilClose
+        );
+        let head = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true)
+            .unwrap()
+            .unwrap()
+            .0;
+        assert_eq!(head.body, ResponseBody::None);
+    }
+
+    #[test]
+    fn keep_alive_defaults_by_version() {
+        let close = |raw: &[u8]| parse(raw, false).unwrap().unwrap().0.close;
+        assert!(!close(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(close(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(close(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(!close(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn bad_framing_is_refused() {
+        assert!(parse(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            false
+        )
+        .is_err());
+        assert!(parse(b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n", false).is_err());
+        assert!(parse(b"HTTP/1.1 200 OK\nContent-Length: 5\r\n\r\n", false).is_err());
+        assert_eq!(
+            parse(b"HTTP/1.1 200 OK\r\nContent-Le", false)
+                .unwrap()
+                .map(|x| x.1),
+            None
+        );
+    }
+}

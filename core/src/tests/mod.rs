@@ -1,0 +1,6 @@
+//! Tests of the engine as a whole, driven through an in-memory harness.
+
+mod connection;
+mod harness;
+mod properties;
+mod table;
