@@ -1,0 +1,964 @@
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const SHORT: &str = r#"server_name = "example.com"
+public_url  = "https://matrix.example.com"
+homeserver  = "http://127.0.0.1:8008"
+[tls]
+cert = "/etc/mxgate/fullchain.pem"
+key  = "/etc/mxgate/privkey.pem"
+"#;
+
+/// Every documented key, with values that differ from the defaults.
+const FULL: &str = r#"server_name = "example.com"
+public_url = "https://matrix.example.com:8443/"
+homeserver = "http://localhost:8008"
+identity_server = "https://vector.im"
+
+[[listeners]]
+name = "client-tls"
+role = "client"
+bind = ["127.0.0.1:19443", "[::1]:19443"]
+tls = true
+routes = [ { prefix = "/_matrix", pool = "homeserver" }, { prefix = "/_synapse/mas", pool = "mas" }, { prefix = "/_matrix/foo", deny = true } ]
+
+[[listeners]]
+role = "federation"
+bind = "0.0.0.0:8448"
+tls = true
+
+[[listeners]]
+role = "client"
+bind = ["127.0.0.1:8080"]
+routes = []
+
+[[upstreams]]
+name = "homeserver"
+backends = ["http://127.0.0.1:8008", "http://[::1]:8009"]
+max_idle_per_backend = 8
+idle_timeout = "90s"
+
+[[upstreams]]
+name = "mas"
+backends = ["http://mas.internal"]
+
+[[upstreams]]
+name = "webserver"
+backends = ["http://127.0.0.1:8081"]
+max_idle_per_backend = 0
+idle_timeout = 5
+
+[virtual_hosts]
+names = ["Matrix.Example.com", "example.com"]
+fallback = "webserver"
+
+[well_known.client_extra]
+"org.matrix.msc3575.proxy" = { url = "https://sync.example.com" }
+
+[well_known.support]
+support_page = "https://example.com/help"
+contacts = [ { matrix_id = "@admin:example.com", role = "m.role.admin" }, { email_address = "security@example.com", role = "m.role.security" } ]
+
+[tls]
+cert = "/etc/mxgate/fullchain.pem"
+key = "/etc/mxgate/privkey.pem"
+
+[[tls.sni]]
+names = ["Other.example.org", "*.example.net"]
+cert = "/etc/mxgate/other.pem"
+key = "/etc/mxgate/other.key"
+
+[limits]
+max_body = "100MiB"
+max_request_line = "16KiB"
+max_head = 65536
+max_headers = 50
+max_response_head = "1M"
+max_pipelined = "128K"
+
+[timeouts]
+client_header = "10s"
+client_idle = "2m"
+client_body = 120
+upstream_connect = "1500ms"
+upstream_response = "1h"
+tls_handshake = "7s"
+drain = 0
+
+[forwarding]
+trusted_proxies = ["10.0.0.0/8", "::1"]
+request_id_header = "X-Correlation-ID"
+
+[admin]
+allow = ["127.0.0.1/32", "fd00::/8"]
+pool = "homeserver"
+
+[runtime]
+threads = 2
+max_connections = 500
+metrics = "127.0.0.1:9100"
+access_log = "json"
+"#;
+
+fn parse(text: &str) -> Config {
+    match parse_config(text, Path::new("/etc/mxgate/mxgate.toml")) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}\n--- text ---\n{text}"),
+    }
+}
+
+fn fail(text: &str) -> ConfigError {
+    match parse_config(text, Path::new("mxgate.toml")) {
+        Ok(c) => panic!("expected an error, got {c:#?}"),
+        Err(e) => e,
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn body(b: &Option<bytes::Bytes>) -> &str {
+    std::str::from_utf8(b.as_deref().expect("a body")).unwrap()
+}
+
+fn route(prefix: &str, pool: PoolId) -> Route {
+    Route {
+        prefix: prefix.into(),
+        action: RouteAction::Upstream(pool),
+    }
+}
+
+/// The short form plus `extra` lines appended.
+fn short_with(extra: &str) -> String {
+    format!("{SHORT}{extra}")
+}
+
+#[test]
+fn short_form_derives_the_whole_setup() {
+    let c = parse(SHORT);
+    assert_eq!(c.server_name, "example.com");
+
+    assert_eq!(c.pools.len(), 1);
+    let hs = &c.pools[0];
+    assert_eq!(hs.name, "homeserver");
+    assert_eq!(
+        hs.backends,
+        vec![Backend {
+            host: "127.0.0.1".into(),
+            port: 8008
+        }]
+    );
+    assert_eq!(hs.max_idle_per_backend, 32);
+    assert_eq!(hs.idle_timeout, Duration::from_secs(60));
+
+    assert_eq!(c.listeners.len(), 2);
+    let client = &c.listeners[0];
+    assert_eq!(client.name, "client");
+    assert_eq!(client.role, Role::Client);
+    assert_eq!(client.scheme, Scheme::Https);
+    assert_eq!(client.bind, vec![addr("[::]:443")]);
+    assert_eq!(
+        client.routes,
+        vec![route("/_matrix", 0), route("/_synapse/client", 0)]
+    );
+    let federation = &c.listeners[1];
+    assert_eq!(federation.name, "federation");
+    assert_eq!(federation.role, Role::Federation);
+    assert_eq!(federation.scheme, Scheme::Https);
+    assert_eq!(federation.bind, vec![addr("[::]:8448")]);
+    assert_eq!(federation.routes, vec![route("/_matrix", 0)]);
+
+    assert_eq!(
+        body(&c.well_known.server),
+        r#"{"m.server":"matrix.example.com:443"}"#
+    );
+    assert_eq!(
+        body(&c.well_known.client),
+        r#"{"m.homeserver":{"base_url":"https://matrix.example.com"}}"#
+    );
+    assert!(c.well_known.support.is_none());
+
+    assert_eq!(
+        c.tls.default,
+        Some(TlsFiles {
+            cert: "/etc/mxgate/fullchain.pem".into(),
+            key: "/etc/mxgate/privkey.pem".into(),
+        })
+    );
+    assert!(c.tls.sni.is_empty());
+    assert_eq!(c.admin.pool, Some(0));
+    assert!(c.admin.allow.is_empty());
+    assert!(c.virtual_hosts.names.is_empty());
+    assert_eq!(c.virtual_hosts.fallback, None);
+    assert_eq!(c.limits.max_body_bytes, 50 * 1024 * 1024);
+    assert_eq!(c.timeouts.upstream_response, Duration::from_secs(180));
+    assert_eq!(c.forwarding.request_id_header.as_str(), "x-request-id");
+    assert!(c.forwarding.trusted_proxies.is_empty());
+    assert_eq!(c.runtime.threads, None);
+    assert_eq!(c.runtime.max_connections, 10_000);
+    assert_eq!(c.runtime.access_log, AccessLogFormat::Combined);
+}
+
+#[test]
+fn embedded_default_is_a_development_setup() {
+    let c = parse(EMBEDDED_DEFAULT);
+    assert_eq!(c.server_name, "localhost");
+    assert_eq!(c.pools[0].name, "homeserver");
+    assert_eq!(
+        c.pools[0].backends,
+        vec![Backend {
+            host: "127.0.0.1".into(),
+            port: 8008
+        }]
+    );
+    let summary: Vec<_> = c
+        .listeners
+        .iter()
+        .map(|l| (l.name.as_str(), l.role, l.scheme, l.bind.clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (
+                "client",
+                Role::Client,
+                Scheme::Https,
+                vec![addr("127.0.0.1:8443")]
+            ),
+            (
+                "client-2",
+                Role::Client,
+                Scheme::Http,
+                vec![addr("127.0.0.1:8080")]
+            ),
+        ]
+    );
+    for l in &c.listeners {
+        assert_eq!(
+            l.routes,
+            vec![route("/_matrix", 0), route("/_synapse/client", 0)]
+        );
+    }
+    // No certificate: the runtime generates a development one.
+    assert_eq!(c.tls.default, None);
+    assert_eq!(
+        body(&c.well_known.server),
+        r#"{"m.server":"localhost:8443"}"#
+    );
+}
+
+#[test]
+fn every_documented_key_overrides_the_defaults() {
+    let c = parse(FULL);
+    let names: Vec<&str> = c.pools.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["homeserver", "mas", "webserver"]);
+    // The explicit [[upstreams]] "homeserver" wins over the short `homeserver` key.
+    assert_eq!(
+        c.pools[0].backends,
+        vec![
+            Backend {
+                host: "127.0.0.1".into(),
+                port: 8008
+            },
+            Backend {
+                host: "::1".into(),
+                port: 8009
+            },
+        ]
+    );
+    assert_eq!(c.pools[0].backends[1].authority(), "[::1]:8009");
+    assert_eq!(c.pools[0].max_idle_per_backend, 8);
+    assert_eq!(c.pools[0].idle_timeout, Duration::from_secs(90));
+    assert_eq!(
+        c.pools[1].backends,
+        vec![Backend {
+            host: "mas.internal".into(),
+            port: 80
+        }]
+    );
+    assert_eq!(c.pools[1].max_idle_per_backend, 32);
+    assert_eq!(c.pools[2].max_idle_per_backend, 0);
+    assert_eq!(c.pools[2].idle_timeout, Duration::from_secs(5));
+
+    assert_eq!(c.listeners.len(), 3);
+    let l = &c.listeners[0];
+    assert_eq!(l.name, "client-tls");
+    assert_eq!(l.scheme, Scheme::Https);
+    assert_eq!(l.bind, vec![addr("127.0.0.1:19443"), addr("[::1]:19443")]);
+    assert_eq!(
+        l.routes,
+        vec![
+            route("/_matrix", 0),
+            route("/_synapse/mas", 1),
+            Route {
+                prefix: "/_matrix/foo".into(),
+                action: RouteAction::Deny
+            },
+        ]
+    );
+    let l = &c.listeners[1];
+    assert_eq!((l.name.as_str(), l.role), ("federation", Role::Federation));
+    assert_eq!(l.bind, vec![addr("0.0.0.0:8448")]);
+    assert_eq!(l.routes, vec![route("/_matrix", 0)]);
+    let l = &c.listeners[2];
+    assert_eq!((l.name.as_str(), l.scheme), ("client", Scheme::Http));
+    assert!(l.routes.is_empty());
+
+    assert_eq!(c.virtual_hosts.names, ["matrix.example.com", "example.com"]);
+    assert_eq!(c.virtual_hosts.fallback, Some(2));
+
+    assert_eq!(
+        body(&c.well_known.server),
+        r#"{"m.server":"matrix.example.com:8443"}"#
+    );
+    let client: serde_json::Value = serde_json::from_str(body(&c.well_known.client)).unwrap();
+    assert_eq!(
+        client,
+        serde_json::json!({
+            "m.homeserver": {"base_url": "https://matrix.example.com:8443"},
+            "m.identity_server": {"base_url": "https://vector.im"},
+            "org.matrix.msc3575.proxy": {"url": "https://sync.example.com"},
+        })
+    );
+    let support: serde_json::Value = serde_json::from_str(body(&c.well_known.support)).unwrap();
+    assert_eq!(
+        support,
+        serde_json::json!({
+            "support_page": "https://example.com/help",
+            "contacts": [
+                {"matrix_id": "@admin:example.com", "role": "m.role.admin"},
+                {"email_address": "security@example.com", "role": "m.role.security"},
+            ],
+        })
+    );
+
+    assert_eq!(
+        c.tls.sni,
+        vec![SniCertificate {
+            names: vec!["other.example.org".into(), "*.example.net".into()],
+            files: TlsFiles {
+                cert: "/etc/mxgate/other.pem".into(),
+                key: "/etc/mxgate/other.key".into()
+            },
+        }]
+    );
+
+    let l = &c.limits;
+    assert_eq!(l.max_body_bytes, 100 << 20);
+    assert_eq!(l.max_request_line_bytes, 16 << 10);
+    assert_eq!(l.max_head_bytes, 65536);
+    assert_eq!(l.max_headers, 50);
+    assert_eq!(l.max_response_head_bytes, 1 << 20);
+    assert_eq!(l.max_pipelined_bytes, 128 << 10);
+
+    let t = &c.timeouts;
+    assert_eq!(t.client_header, Duration::from_secs(10));
+    assert_eq!(t.client_idle, Duration::from_secs(120));
+    assert_eq!(t.client_body, Duration::from_secs(120));
+    assert_eq!(t.upstream_connect, Duration::from_millis(1500));
+    assert_eq!(t.upstream_response, Duration::from_secs(3600));
+    assert_eq!(t.tls_handshake, Duration::from_secs(7));
+    assert_eq!(t.drain, Duration::ZERO);
+
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    assert_eq!(c.forwarding.trusted_proxies.len(), 2);
+    assert!(Config::contains(
+        &c.forwarding.trusted_proxies,
+        ip("10.9.8.7")
+    ));
+    assert!(Config::contains(&c.forwarding.trusted_proxies, ip("::1")));
+    assert!(!Config::contains(
+        &c.forwarding.trusted_proxies,
+        ip("192.168.0.1")
+    ));
+    assert_eq!(c.forwarding.request_id_header.as_str(), "x-correlation-id");
+
+    assert!(Config::contains(&c.admin.allow, ip("127.0.0.1")));
+    assert!(Config::contains(&c.admin.allow, ip("fd12::1")));
+    assert!(!Config::contains(&c.admin.allow, ip("127.0.0.2")));
+    assert_eq!(c.admin.pool, Some(0));
+
+    assert_eq!(c.runtime.threads, Some(2));
+    assert_eq!(c.runtime.max_connections, 500);
+    assert_eq!(c.runtime.metrics_bind, Some(addr("127.0.0.1:9100")));
+    assert_eq!(c.runtime.access_log, AccessLogFormat::Json);
+}
+
+#[test]
+fn unknown_key_names_line_column_and_key() {
+    let text = r#"server_name = "example.com"
+homeserver = "http://127.0.0.1:8008"
+dev_self_signed = true
+
+[[listeners]]
+role = "client"
+bind = ["127.0.0.1:8443"]
+
+[[listeners]]
+role = "federation"
+  bnd = ["127.0.0.1:8448"]
+"#;
+    let e = fail(text);
+    assert_eq!(e.file, "mxgate.toml");
+    assert_eq!((e.line, e.column), (11, 3));
+    assert_eq!(e.key, "listeners[1].bnd");
+    assert_eq!(
+        e.message,
+        "unknown key `bnd`, expected one of role, bind, tls, name, routes (did you mean `bind`?)"
+    );
+    assert_eq!(
+        e.to_string(),
+        format!("mxgate.toml:11:3: listeners[1].bnd: {}", e.message)
+    );
+}
+
+#[test]
+fn unknown_keys_are_refused_everywhere() {
+    let e = fail(&short_with("servername = \"x\"\n"));
+    // Appended after `[tls]`, so it is a key of that table.
+    assert_eq!((e.line, e.key.as_str()), (7, "tls.servername"));
+    assert!(e
+        .message
+        .starts_with("unknown key `servername`, expected one of cert, key, sni"));
+
+    let e = fail(&format!("colour = \"blue\"\n{SHORT}"));
+    assert_eq!((e.line, e.column, e.key.as_str()), (1, 1, "colour"));
+
+    let text = r#"server_name = "example.com"
+homeserver = "http://127.0.0.1:8008"
+dev_self_signed = true
+[[listeners]]
+role = "client"
+bind = ["127.0.0.1:8443"]
+routes = [ { prefix = "/_matrix", pool = "homeserver", weight = 2 } ]
+"#;
+    let e = fail(text);
+    assert_eq!((e.line, e.column), (7, 56));
+    assert_eq!(e.key, "listeners[0].routes[0].weight");
+    assert!(e.message.contains("expected one of prefix, pool, deny"));
+
+    let e = fail(&short_with("[limits]\nmax_bodies = 5\n"));
+    assert_eq!((e.line, e.key.as_str()), (8, "limits.max_bodies"));
+    assert!(
+        e.message.contains("(did you mean `max_body`?)"),
+        "{}",
+        e.message
+    );
+
+    let e = fail(&short_with(
+        "[well_known.support]\ncontacts = [{ role = \"m.role.admin\", mxid = \"@a:b\" }]\n",
+    ));
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (8, "well_known.support.contacts[0].mxid")
+    );
+}
+
+#[test]
+fn bad_durations_name_the_key_and_line() {
+    let e = fail(&short_with(
+        "[timeouts]\nclient_header = \"10s\"\nclient_idle = \"thirty seconds\"\n",
+    ));
+    assert_eq!((e.line, e.column), (9, 15));
+    assert_eq!(e.key, "timeouts.client_idle");
+    assert_eq!(
+        e.message,
+        "expected a duration like \"30s\" (seconds, or a number with ms, s, m, h), found \"thirty seconds\""
+    );
+    let e = fail(&short_with("[timeouts]\nupstream_connect = true\n"));
+    assert_eq!((e.line, e.key.as_str()), (8, "timeouts.upstream_connect"));
+    assert!(e.message.ends_with("found a boolean"), "{}", e.message);
+    let e = fail(&short_with("[timeouts]\nclient_body = \"0s\"\n"));
+    assert_eq!(e.key, "timeouts.client_body");
+    assert!(e.message.starts_with("must be more than zero"));
+    let e = fail(&short_with(
+        "[[upstreams]]\nname = \"x\"\nbackends = [\"http://a\"]\nidle_timeout = -1\n",
+    ));
+    assert_eq!((e.line, e.key.as_str()), (10, "upstreams[0].idle_timeout"));
+}
+
+#[test]
+fn bad_sizes_name_the_key_and_line() {
+    let e = fail(&short_with("[limits]\nmax_body = \"50MB\"\n"));
+    assert_eq!((e.line, e.column), (8, 12));
+    assert_eq!(e.key, "limits.max_body");
+    assert!(
+        e.message.starts_with("expected a size like \"50MiB\""),
+        "{}",
+        e.message
+    );
+    let e = fail(&short_with("[limits]\nmax_head = 1.5\n"));
+    assert_eq!((e.line, e.key.as_str()), (8, "limits.max_head"));
+    assert!(e.message.ends_with("found a float"));
+    let e = fail(&short_with("[limits]\nmax_headers = 0\n"));
+    assert_eq!(e.key, "limits.max_headers");
+    assert_eq!(e.message, "expected a whole number of at least 1, found 0");
+}
+
+#[test]
+fn bad_cidrs_and_addresses_name_the_key_and_line() {
+    let e = fail(&short_with(
+        "[forwarding]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n",
+    ));
+    assert_eq!((e.line, e.column), (8, 34));
+    assert_eq!(e.key, "forwarding.trusted_proxies[1]");
+    assert!(e.message.contains("prefix length `33`"), "{}", e.message);
+
+    let e = fail(&short_with("[admin]\nallow = [\"localhost\"]\n"));
+    assert_eq!((e.line, e.key.as_str()), (8, "admin.allow[0]"));
+    assert!(e.message.contains("`localhost` is not an IP address"));
+
+    let text = r#"server_name = "example.com"
+homeserver = "http://127.0.0.1:8008"
+[[listeners]]
+role = "client"
+bind = ["127.0.0.1:8080", "localhost:8080"]
+"#;
+    let e = fail(text);
+    assert_eq!((e.line, e.column), (5, 27));
+    assert_eq!(e.key, "listeners[0].bind[1]");
+    assert!(e.message.contains("is not a socket address like"));
+
+    let text = r#"server_name = "example.com"
+[[upstreams]]
+name = "homeserver"
+backends = ["http://127.0.0.1:8008",
+            "127.0.0.1:8009"]
+"#;
+    let e = fail(text);
+    assert_eq!((e.line, e.column), (5, 13));
+    assert_eq!(e.key, "upstreams[0].backends[1]");
+    assert!(
+        e.message.contains("expected an http:// URL"),
+        "{}",
+        e.message
+    );
+
+    let e = fail("server_name = \"example.com\"\nhomeserver = \"https://127.0.0.1:8008\"\n");
+    assert_eq!((e.line, e.key.as_str()), (2, "homeserver"));
+    assert!(e.message.contains("plain HTTP"));
+    let e = fail("server_name = \"example.com\"\nhomeserver = \"http://127.0.0.1:8008/_matrix\"\n");
+    assert!(e.message.contains("has no path"));
+    let e = fail("server_name = \"example.com\"\nhomeserver = \"http://::1:8008\"\n");
+    assert!(e.message.contains("brackets"), "{}", e.message);
+
+    let e = fail(&short_with("[runtime]\nmetrics = \"9100\"\n"));
+    assert_eq!((e.line, e.key.as_str()), (8, "runtime.metrics"));
+}
+
+#[test]
+fn route_to_an_unknown_pool_names_the_route() {
+    let text = r#"server_name = "example.com"
+homeserver = "http://127.0.0.1:8008"
+dev_self_signed = true
+[[listeners]]
+role = "client"
+bind = ["127.0.0.1:8443"]
+tls = true
+routes = [
+  { prefix = "/_matrix", pool = "homeserver" },
+  { prefix = "/_synapse/mas", pool = "mas" },
+]
+"#;
+    let e = fail(text);
+    assert_eq!((e.line, e.column), (10, 38));
+    assert_eq!(e.key, "listeners[0].routes[1].pool");
+    assert!(
+        e.message
+            .starts_with("unknown pool `mas`; defined pools: homeserver"),
+        "{}",
+        e.message
+    );
+
+    let e = fail(&short_with("[virtual_hosts]\nfallback = \"web\"\n"));
+    assert_eq!(e.key, "virtual_hosts.fallback");
+    let e = fail(&short_with("[admin]\npool = \"web\"\n"));
+    assert_eq!(e.key, "admin.pool");
+}
+
+#[test]
+fn bad_routes_are_refused() {
+    let with_route = |r: &str| {
+        format!(
+            "server_name = \"e.org\"\nhomeserver = \"http://127.0.0.1:8008\"\n[[listeners]]\nrole = \"client\"\nbind = \"127.0.0.1:80\"\nroutes = [ {r} ]\n"
+        )
+    };
+    let cases = [
+        (
+            r#"{ prefix = "_matrix", pool = "homeserver" }"#,
+            "prefix",
+            "must start with `/`",
+        ),
+        (
+            r#"{ prefix = "/_matrix/", pool = "homeserver" }"#,
+            "prefix",
+            "must not end with `/`",
+        ),
+        (
+            r#"{ prefix = "/_matrix%2F", pool = "homeserver" }"#,
+            "prefix",
+            "must not contain `%`",
+        ),
+        (
+            r#"{ prefix = "/a?b", pool = "homeserver" }"#,
+            "prefix",
+            "must not contain `?`",
+        ),
+        (
+            r#"{ prefix = "/a" }"#,
+            "pool",
+            "missing; expected a pool name (or deny = true)",
+        ),
+        (
+            r#"{ prefix = "/a", deny = false }"#,
+            "deny",
+            "`deny = false` means nothing",
+        ),
+        (
+            r#"{ prefix = "/a", pool = "homeserver", deny = true }"#,
+            "deny",
+            "not both",
+        ),
+        (
+            r#"{ prefix = "/a", pool = "homeserver" }, { prefix = "/a", deny = true }"#,
+            "prefix",
+            "routed twice",
+        ),
+    ];
+    for (route, key, message) in cases {
+        let e = fail(&with_route(route));
+        assert_eq!(e.line, 6, "{route}");
+        assert!(e.key.starts_with("listeners[0].routes["), "{}", e.key);
+        assert!(e.key.ends_with(key), "{route}: {}", e.key);
+        assert!(e.message.contains(message), "{route}: {}", e.message);
+    }
+    // The root route is fine.
+    let c = parse(&with_route(r#"{ prefix = "/", pool = "homeserver" }"#));
+    assert_eq!(c.listeners[0].routes, vec![route("/", 0)]);
+}
+
+#[test]
+fn missing_server_name_and_homeserver_are_errors() {
+    let e = fail("homeserver = \"http://127.0.0.1:8008\"\n[tls]\ncert = \"c\"\nkey = \"k\"\n");
+    assert_eq!((e.line, e.column), (1, 1));
+    assert_eq!(e.key, "server_name");
+    assert!(e
+        .message
+        .starts_with("missing; expected the Matrix server name"));
+
+    let e = fail("server_name = \"example.com\"\n");
+    assert_eq!(e.key, "homeserver");
+    assert!(e.message.contains("\"homeserver\""));
+
+    // An [[upstreams]] entry named "homeserver" replaces the key.
+    let c = parse("server_name = \"example.com\"\ndev_self_signed = true\n[[upstreams]]\nname = \"homeserver\"\nbackends = \"http://synapse:8008\"\n");
+    assert_eq!(c.pools[0].backends[0].authority(), "synapse:8008");
+
+    let e = fail("server_name = \"not a name\"\nhomeserver = \"http://a\"\n");
+    assert_eq!((e.line, e.key.as_str()), (1, "server_name"));
+}
+
+#[test]
+fn tls_listeners_need_a_certificate_unless_dev_self_signed() {
+    let no_tls = "server_name = \"example.com\"\nhomeserver = \"http://127.0.0.1:8008\"\n";
+    let e = fail(no_tls);
+    assert_eq!(e.key, "tls");
+    assert!(e.message.contains("dev_self_signed = true"));
+    let c = parse(&format!("{no_tls}dev_self_signed = true\n"));
+    assert_eq!(c.tls.default, None);
+    assert_eq!(c.listeners[0].scheme, Scheme::Https);
+
+    let explicit =
+        format!("{no_tls}[[listeners]]\nrole = \"federation\"\nbind = \"[::]:8448\"\ntls = true\n");
+    let e = fail(&explicit);
+    assert_eq!((e.line, e.key.as_str()), (6, "listeners[0].tls"));
+
+    // Plain-HTTP listeners need nothing.
+    let c = parse(&format!(
+        "{no_tls}[[listeners]]\nrole = \"client\"\nbind = \"127.0.0.1:8080\"\n"
+    ));
+    assert_eq!(c.listeners[0].scheme, Scheme::Http);
+
+    let e = fail(&format!("{no_tls}[tls]\ncert = \"/c.pem\"\n"));
+    assert_eq!((e.line, e.key.as_str()), (3, "tls.key"));
+}
+
+#[test]
+fn syntax_errors_have_a_location() {
+    let e = fail("server_name = \"example.com\"\nhomeserver = \n");
+    assert_eq!(e.key, "-");
+    assert_eq!(e.line, 2);
+    assert!(e.message.starts_with("invalid TOML"), "{}", e.message);
+    let e = fail("server_name = \"example.com\"\nserver_name = \"again\"\n");
+    assert_eq!((e.line, e.key.as_str()), (2, "-"));
+}
+
+#[test]
+fn wrong_types_say_what_was_expected() {
+    let e = fail("server_name = 5\n");
+    assert_eq!(e.key, "server_name");
+    assert_eq!(
+        e.message,
+        "expected the Matrix server name, like \"example.com\", found an integer"
+    );
+    let e = fail(&short_with(
+        "[[listeners]]\nrole = \"admin\"\nbind = \"127.0.0.1:1\"\n",
+    ));
+    assert_eq!((e.line, e.key.as_str()), (8, "listeners[0].role"));
+    assert!(e.message.contains("\"client\" or \"federation\""));
+    let e = fail(&short_with("[[listeners]]\nrole = \"client\"\n"));
+    assert_eq!((e.line, e.key.as_str()), (7, "listeners[0].bind"));
+    let e = fail(&short_with("[[listeners]]\nrole = \"client\"\nbind = []\n"));
+    assert_eq!(e.key, "listeners[0].bind");
+    let e = fail(&short_with("[runtime]\naccess_log = \"verbose\"\n"));
+    assert_eq!(e.key, "runtime.access_log");
+    let e = fail(&short_with("[forwarding]\nrequest_id_header = \"Host\"\n"));
+    assert_eq!(e.key, "forwarding.request_id_header");
+    let e = fail(&short_with(
+        "[forwarding]\nrequest_id_header = \"bad header\"\n",
+    ));
+    assert_eq!(e.key, "forwarding.request_id_header");
+}
+
+#[test]
+fn listener_names_default_by_role_and_must_be_unique() {
+    let base = "server_name = \"e.org\"\nhomeserver = \"http://127.0.0.1:8008\"\n";
+    let l = |name: &str, port: u16| {
+        let name = if name.is_empty() {
+            String::new()
+        } else {
+            format!("name = \"{name}\"\n")
+        };
+        format!("[[listeners]]\n{name}role = \"client\"\nbind = \"127.0.0.1:{port}\"\n")
+    };
+    let c = parse(&format!("{base}{}{}{}", l("", 1), l("client", 2), l("", 3)));
+    let names: Vec<&str> = c.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["client-2", "client", "client-3"]);
+
+    let e = fail(&format!("{base}{}{}", l("a", 1), l("a", 2)));
+    assert_eq!((e.line, e.key.as_str()), (8, "listeners[1].name"));
+    assert!(e.message.contains("already used by listeners[0]"));
+
+    let e = fail(&format!("{base}{}{}", l("", 1), l("", 1)));
+    assert_eq!(e.key, "listeners[1].bind");
+    assert!(e.message.contains("already bound by listeners[0]"));
+    let e = fail(&format!("{base}{}", l("bad name", 1)));
+    assert_eq!(e.key, "listeners[0].name");
+    let e = fail(&format!("{base}listeners = []\n"));
+    assert_eq!(e.key, "listeners");
+}
+
+#[test]
+fn upstream_errors() {
+    let up = "[[upstreams]]\nname = \"mas\"\nbackends = [\"http://127.0.0.1:8080\"]\n";
+    let e = fail(&short_with(&format!("{up}{up}")));
+    assert_eq!((e.line, e.key.as_str()), (11, "upstreams[1].name"));
+    assert!(e.message.contains("defined twice"));
+    let e = fail(&short_with(
+        "[[upstreams]]\nname = \"mas\"\nbackends = []\n",
+    ));
+    assert_eq!(e.key, "upstreams[0].backends");
+    let e = fail(&short_with("[[upstreams]]\nbackends = [\"http://a\"]\n"));
+    assert_eq!((e.line, e.key.as_str()), (7, "upstreams[0].name"));
+}
+
+#[test]
+fn well_known_overrides() {
+    // Raw JSON (the explicit form), disabling, and support as raw JSON.
+    let c = parse(&short_with(concat!(
+        "[well_known]\n",
+        "server = '{\"m.server\": \"fed.example.com:8448\"}'\n",
+        "client = false\n",
+        "support = '{\"support_page\": \"https://example.com/help\"}'\n",
+    )));
+    assert_eq!(
+        body(&c.well_known.server),
+        r#"{"m.server":"fed.example.com:8448"}"#
+    );
+    assert!(c.well_known.client.is_none());
+    assert_eq!(
+        body(&c.well_known.support),
+        r#"{"support_page":"https://example.com/help"}"#
+    );
+
+    // Table form of the server body.
+    let c = parse(&short_with(
+        "[well_known.server]\n\"m.server\" = \"fed.example.com:443\"\n",
+    ));
+    assert_eq!(
+        body(&c.well_known.server),
+        r#"{"m.server":"fed.example.com:443"}"#
+    );
+
+    // Without public_url nothing is derived.
+    let c = parse(
+        "server_name = \"e.org\"\nhomeserver = \"http://127.0.0.1:8008\"\ndev_self_signed = true\n",
+    );
+    assert!(c.well_known.server.is_none() && c.well_known.client.is_none());
+
+    let e = fail(&short_with("[well_known]\nserver = '{\"m.server\": '\n"));
+    assert_eq!(
+        (e.line, e.column, e.key.as_str()),
+        (8, 10, "well_known.server")
+    );
+    assert!(e.message.starts_with("invalid JSON"));
+    let e = fail(&short_with("[well_known]\nclient = '[1]'\n"));
+    assert_eq!(e.key, "well_known.client");
+    let e = fail(&short_with("[well_known]\nclient = '{\"x\": 1}'\n"));
+    assert!(e.message.contains("m.homeserver"), "{}", e.message);
+    let e = fail(&short_with(
+        "[well_known]\nserver = '{\"m.server\": \"a b\"}'\n",
+    ));
+    assert_eq!(e.key, "well_known.server");
+    let e = fail(&short_with("[well_known.server]\nm_server = \"x\"\n"));
+    assert_eq!(e.key, "well_known.server.m_server");
+    let e = fail(&short_with("[well_known]\nsupport = '{}'\n"));
+    assert!(e.message.contains("MSC1929"));
+    let e = fail(&short_with(
+        "[well_known.support]\ncontacts = [{ role = \"m.role.admin\" }]\n",
+    ));
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (8, "well_known.support.contacts[0]")
+    );
+    let e = fail(&short_with(
+        "[well_known.support]\ncontacts = [{ role = \"m.role.admin\", matrix_id = \"admin\" }]\n",
+    ));
+    assert_eq!(e.key, "well_known.support.contacts[0].matrix_id");
+
+    // identity_server and extras need a client body.
+    let e = fail("server_name = \"e.org\"\nhomeserver = \"http://a\"\ndev_self_signed = true\nidentity_server = \"https://vector.im\"\n");
+    assert_eq!((e.line, e.key.as_str()), (4, "identity_server"));
+    let e = fail(&format!("identity_server = \"vector.im\"\n{SHORT}"));
+    assert_eq!((e.line, e.key.as_str()), (1, "identity_server"));
+    let e = fail(&short_with(
+        "[well_known]\nclient = false\n[well_known.client_extra]\na = 1\n",
+    ));
+    assert_eq!(e.key, "well_known.client_extra");
+    let e = fail(&short_with(
+        "[well_known.client_extra]\nwhen = 1979-05-27\n",
+    ));
+    assert_eq!(e.key, "well_known.client_extra.when");
+}
+
+#[test]
+fn host_names_are_lower_cased_without_port() {
+    let e = fail(&short_with(
+        "[virtual_hosts]\nnames = [\"matrix.example.com:443\"]\n",
+    ));
+    assert_eq!(e.key, "virtual_hosts.names[0]");
+    assert!(e.message.contains("has a port"));
+    let e = fail(&short_with(
+        "[virtual_hosts]\nnames = [\"a.org\", \"A.org\"]\n",
+    ));
+    assert_eq!(e.key, "virtual_hosts.names[1]");
+    let c = parse(&short_with(
+        "[virtual_hosts]\nnames = [\"MATRIX.Example.COM\", \"[::1]\"]\n",
+    ));
+    assert_eq!(c.virtual_hosts.names, ["matrix.example.com", "[::1]"]);
+    let e = fail(&short_with(
+        "[[tls.sni]]\nnames = []\ncert = \"c\"\nkey = \"k\"\n",
+    ));
+    assert_eq!(e.key, "tls.sni[0].names");
+}
+
+/// `render_effective` output parses back to the same configuration, and is stable.
+fn assert_round_trip(text: &str) {
+    let first = parse(text);
+    let rendered = render_effective(&first);
+    let second = parse(&rendered);
+    assert_eq!(
+        format!("{first:#?}"),
+        format!("{second:#?}"),
+        "rendered:\n{rendered}"
+    );
+    assert_eq!(rendered, render_effective(&second));
+}
+
+#[test]
+fn render_effective_round_trips() {
+    assert_round_trip(SHORT);
+    assert_round_trip(EMBEDDED_DEFAULT);
+    assert_round_trip(FULL);
+    assert_round_trip(&short_with(concat!(
+        "[well_known]\n",
+        "server = false\n",
+        "support = '{\"support_page\": \"https://example.com/help\"}'\n",
+    )));
+    assert_round_trip(&short_with(
+        "[well_known]\nsupport = \"{\\\"support_page\\\": \\\"https://e.org/it's\\\"}\"\n",
+    ));
+}
+
+#[test]
+fn render_effective_is_the_explicit_form() {
+    let rendered = render_effective(&parse(SHORT));
+    for line in [
+        "server_name = \"example.com\"",
+        "name = \"client\"",
+        "bind = [\"[::]:443\"]",
+        "  { prefix = \"/_synapse/client\", pool = \"homeserver\" },",
+        "bind = [\"[::]:8448\"]",
+        "backends = [\"http://127.0.0.1:8008\"]",
+        "server = '{\"m.server\":\"matrix.example.com:443\"}'",
+        "client = '{\"m.homeserver\":{\"base_url\":\"https://matrix.example.com\"}}'",
+        "cert = \"/etc/mxgate/fullchain.pem\"",
+        "max_body = \"50MiB\"",
+        "upstream_response = \"180s\"",
+        "idle_timeout = \"60s\"",
+        "request_id_header = \"x-request-id\"",
+        "pool = \"homeserver\"",
+        "access_log = \"combined\"",
+    ] {
+        assert!(
+            rendered.lines().any(|l| l == line),
+            "missing {line:?} in:\n{rendered}"
+        );
+    }
+    assert!(!rendered.contains("public_url"));
+    assert!(!rendered.contains("dev_self_signed"));
+    assert!(render_effective(&parse(EMBEDDED_DEFAULT)).contains("\ndev_self_signed = true\n"));
+}
+
+#[test]
+fn other_toml_spellings_are_equivalent() {
+    let dotted = r#"server_name = "example.com"
+homeserver = "http://127.0.0.1:8008"
+dev_self_signed = true
+limits.max_body = "1MiB"
+listeners = [ { role = "federation", bind = ["127.0.0.1:8448"], tls = true } ]
+upstreams = [ { name = "mas", backends = ["http://127.0.0.1:8080"] } ]
+"#;
+    let c = parse(dotted);
+    assert_eq!(c.limits.max_body_bytes, 1 << 20);
+    assert_eq!(c.listeners[0].name, "federation");
+    assert_eq!(c.listeners[0].bind, vec![addr("127.0.0.1:8448")]);
+    // `homeserver` is inserted first; [[upstreams]] follow in file order.
+    let names: Vec<&str> = c.pools.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["homeserver", "mas"]);
+
+    let e = fail(&dotted.replace("limits.max_body", "limits.max_bdy"));
+    assert_eq!((e.line, e.column, e.key.as_str()), (4, 8, "limits.max_bdy"));
+    let e = fail(&dotted.replace("tls = true", "tls = \"yes\""));
+    assert_eq!((e.line, e.key.as_str()), (5, "listeners[0].tls"));
+    assert_eq!(e.message, "expected `true` or `false`, found a string");
+}
+
+#[test]
+fn truncated_files_give_errors_inside_the_text_and_never_panic() {
+    let mut ends: Vec<usize> = FULL.char_indices().map(|(i, _)| i).collect();
+    ends.push(FULL.len());
+    let lines = FULL.lines().count() + 1;
+    for end in ends {
+        let text = &FULL[..end];
+        if let Err(e) = parse_config(text, Path::new("t.toml")) {
+            assert!(e.line >= 1 && e.line <= lines, "{e}");
+            assert!(e.column >= 1, "{e}");
+            assert!(!e.key.is_empty() && !e.message.is_empty(), "{e}");
+        }
+    }
+}
