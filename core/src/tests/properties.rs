@@ -169,10 +169,7 @@ fn unchunk(text: &str) -> String {
         let body_start = pos + "Transfer-Encoding: chunked\n\n".len();
         out.push_str(&rest[..body_start]);
         let mut body = &rest[body_start..];
-        loop {
-            let Some((size, after)) = body.split_once('\n') else {
-                break;
-            };
+        while let Some((size, after)) = body.split_once('\n') {
             let Ok(n) = usize::from_str_radix(size, 16) else {
                 break;
             };
