@@ -1,1 +1,110 @@
-fn main() {}
+//! ns per request for parse + route + rewrite of typical Matrix requests, beside a bare
+//! `httparse` parse of the same bytes (the floor).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use mxgate_core::config::{parse_config, Config};
+use mxgate_core::{Connection, Output};
+
+const SYNC: &[u8] = b"GET /_matrix/client/v3/sync?since=s72594_4483_1934_3_11_1_1_1_1&timeout=30000&filter=0 HTTP/1.1\r\n\
+Host: matrix.example.org\r\n\
+User-Agent: Element/1.11.85 (Linux; Android 14)\r\n\
+Accept: application/json\r\n\
+Accept-Encoding: gzip, deflate, br\r\n\
+Accept-Language: en-GB,en;q=0.9\r\n\
+Authorization: Bearer syt_YWxpY2U_lVbzcTQIjnnJMKkcGlwT_0WDVPk\r\n\
+Origin: https://app.element.io\r\n\
+Referer: https://app.element.io/\r\n\
+Sec-Fetch-Mode: cors\r\n\
+Connection: keep-alive\r\n\r\n";
+
+fn send_request() -> Vec<u8> {
+    let body = vec![b'a'; 1024];
+    let mut req = format!(
+        "PUT /_matrix/client/v3/rooms/%21OGEhHVWSdvArJzumhm%3Aexample.org/send/m.room.message/m1700000000000.42 HTTP/1.1\r\n\
+Host: matrix.example.org\r\n\
+User-Agent: Element/1.11.85\r\n\
+Accept: application/json\r\n\
+Content-Type: application/json\r\n\
+Authorization: Bearer syt_YWxpY2U_lVbzcTQIjnnJMKkcGlwT_0WDVPk\r\n\
+Origin: https://app.element.io\r\n\
+Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    req
+}
+
+fn config() -> Arc<Config> {
+    let text = r#"
+server_name = "example.org"
+public_url = "https://matrix.example.org"
+homeserver = "http://127.0.0.1:8008"
+[tls]
+cert = "/dev/null"
+key = "/dev/null"
+"#;
+    Arc::new(parse_config(text, "bench.toml".as_ref()).expect("bench config parses"))
+}
+
+const RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+
+/// One exchange on a kept-alive connection: the request is parsed, routed and rewritten,
+/// goes upstream, and a small response comes back. Returns bytes sent upstream.
+fn proxy_once(conn: &mut Connection, request: &[u8], now: Instant) -> usize {
+    conn.handle_client_data(request, now);
+    let mut sent = 0;
+    while let Some(out) = conn.poll_output() {
+        match out {
+            Output::ConnectUpstream { .. } => conn.handle_upstream_connected(true, now),
+            Output::ToUpstream(b) => sent += b.len(),
+            _ => {}
+        }
+    }
+    conn.handle_upstream_data(RESPONSE, now);
+    while conn.poll_output().is_some() {}
+    sent
+}
+
+fn bare_parse(request: &[u8]) -> usize {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(request) {
+        Ok(httparse::Status::Complete(n)) => n + req.headers.len(),
+        _ => 0,
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let config = config();
+    let now = Instant::now();
+    let put = send_request();
+    let mut g = c.benchmark_group("request");
+    g.bench_function("sync_get/httparse_floor", |b| {
+        b.iter(|| bare_parse(black_box(SYNC)))
+    });
+    let mut conn = Connection::new(
+        Arc::clone(&config),
+        0,
+        "203.0.113.5".parse().unwrap(),
+        7,
+        now,
+    );
+    g.bench_function("sync_get/mxgate", |b| {
+        b.iter(|| proxy_once(&mut conn, black_box(SYNC), now))
+    });
+    g.bench_function("send_put_1k/httparse_floor", |b| {
+        b.iter(|| bare_parse(black_box(&put)))
+    });
+    g.bench_function("send_put_1k/mxgate", |b| {
+        b.iter(|| proxy_once(&mut conn, black_box(&put), now))
+    });
+    g.finish();
+}
+
+criterion_group!(core_benches, benches);
+criterion_main!(core_benches);

@@ -9,9 +9,9 @@ use bytes::{Bytes, BytesMut};
 
 use crate::answer::{self, AnswerCtx};
 use crate::config::{Config, ListenerId, PoolId};
-use crate::forwarded::{identify, ClientIdentity, RequestIds};
+use crate::forwarded::{identify, ClientIdentity, Peer, RequestIds};
 use crate::http1::chunked::{chunk_header, ChunkedDecoder, CHUNK_END, LAST_CHUNK};
-use crate::http1::lines::{scan_head, HeadScan, ScanLimits};
+use crate::http1::lines::{scan_head, HeadScan, ScanLimits, ScanState};
 use crate::http1::reject::Reject;
 use crate::http1::request::{self, RequestBody, RequestHead, Version};
 use crate::http1::response::{self, ResponseBody, ResponseHead, MAX_RESPONSE_HEADERS};
@@ -44,7 +44,7 @@ use crate::timer::Timers;
 pub struct Connection {
     config: Arc<Config>,
     listener: ListenerId,
-    peer: IpAddr,
+    peer: Peer,
     ids: RequestIds,
     /// Client bytes not yet consumed.
     rx: BytesMut,
@@ -62,7 +62,7 @@ enum State {
     /// Waiting for a request head; `since` is when waiting began.
     Head {
         since: Instant,
-        scanned: usize,
+        scanned: ScanState,
         /// Bytes of a head have arrived (or this is a new connection): the header
         /// timeout applies, else the idle timeout.
         receiving: bool,
@@ -92,7 +92,7 @@ enum Upstream {
 enum ResponseState {
     /// No head yet; `scanned` is the scanner's resume point in `urx`.
     AwaitingHead {
-        scanned: usize,
+        scanned: ScanState,
     },
     Body(ResponseBodyState),
     Done,
@@ -189,14 +189,14 @@ impl Connection {
         let mut conn = Connection {
             config,
             listener,
-            peer,
+            peer: Peer::new(peer),
             ids: RequestIds::new(seed),
             rx: BytesMut::new(),
             outputs: VecDeque::new(),
             timers: Timers::default(),
             state: State::Head {
                 since: now,
-                scanned: 0,
+                scanned: ScanState::default(),
                 receiving: true,
             },
             exchanges: 0,
@@ -569,7 +569,7 @@ impl Connection {
             }
             Ok(HeadScan::Complete { start, end }) => {
                 let head = self.rx.split_to(end).freeze().slice(start..);
-                match request::parse_head(&head, limits.max_headers) {
+                match request::parse_head(head.clone(), limits.max_headers) {
                     Ok(parsed) => self.start_exchange(parsed, started, now),
                     Err(reject) => self.reject(reject, Some(&head), started, now),
                 }
@@ -609,7 +609,7 @@ impl Connection {
         );
         let record = AccessRecord {
             listener: self.listener,
-            client: self.peer,
+            client: self.peer.ip,
             method,
             target,
             version: "HTTP/1.1",
@@ -625,7 +625,7 @@ impl Connection {
             started,
         };
         self.outputs.push_back(Output::ToClient(bytes));
-        self.outputs.push_back(Output::AccessLog(record));
+        self.outputs.push_back(Output::AccessLog(Box::new(record)));
         self.close();
     }
 
@@ -634,7 +634,7 @@ impl Connection {
         self.timers.stop(TimerKind::ClientIdle);
         let config = Arc::clone(&self.config);
         let listener = &config.listeners[self.listener];
-        let identity = identify(&config, listener.scheme, self.peer, &head, &mut self.ids);
+        let identity = identify(&config, listener.scheme, &self.peer, &head, &mut self.ids);
         let decision = route::decide(&config, listener, head.path(), identity.client)
             .map(|d| self.apply_virtual_hosts(d, &head));
         let decision = match decision {
@@ -653,7 +653,7 @@ impl Connection {
             head_only: head.is_head_method(),
             request_id: Some((id_header, &identity.request_id[..])),
         };
-        let method = &head.method[..];
+        let method = head.method();
         let (bytes, log) = match decision {
             Decision::Forward(pool) => {
                 self.forward(head, identity, pool, started, now);
@@ -707,7 +707,7 @@ impl Connection {
             let record = self.record(
                 &head, &identity, None, status, 0, bytes_out, started, now, None,
             );
-            self.outputs.push_back(Output::AccessLog(record));
+            self.outputs.push_back(Output::AccessLog(Box::new(record)));
         }
         if close {
             self.close();
@@ -723,7 +723,7 @@ impl Connection {
         if vhosts.names.is_empty() || !matches!(decision, Decision::Forward(_)) {
             return decision;
         }
-        let host = head.host.as_deref().map(host_without_port).unwrap_or(b"");
+        let host = head.host().map(host_without_port).unwrap_or(b"");
         if vhosts
             .names
             .iter()
@@ -779,7 +779,7 @@ impl Connection {
                         now,
                         None,
                     );
-                    self.outputs.push_back(Output::AccessLog(record));
+                    self.outputs.push_back(Output::AccessLog(Box::new(record)));
                     self.close();
                     return;
                 }
@@ -812,7 +812,9 @@ impl Connection {
             retried: false,
             upstream: Upstream::Connecting { fresh: false },
             urx: BytesMut::new(),
-            response: ResponseState::AwaitingHead { scanned: 0 },
+            response: ResponseState::AwaitingHead {
+                scanned: ScanState::default(),
+            },
             status: 0,
             bytes_out: 0,
             sent_upstream_at: None,
@@ -937,7 +939,7 @@ impl Connection {
                         }
                     };
                     let raw = ex.urx.split_to(end).freeze().slice(start..);
-                    match response::parse_head(&raw, ex.head.is_head_method()) {
+                    match response::parse_head(raw, ex.head.is_head_method()) {
                         Ok(resp) => {
                             if !self.start_response(resp, now) {
                                 return;
@@ -1054,7 +1056,7 @@ impl Connection {
                 self.outputs.push_back(Output::ToClient(rest));
             }
             let record = self.exchange_record(now);
-            self.outputs.push_back(Output::AccessLog(record));
+            self.outputs.push_back(Output::AccessLog(Box::new(record)));
             self.timers.clear();
             self.state = State::Tunnel;
             self.progress(now);
@@ -1074,7 +1076,9 @@ impl Connection {
                 );
                 self.outputs.push_back(Output::ToClient(head));
             }
-            ex.response = ResponseState::AwaitingHead { scanned: 0 };
+            ex.response = ResponseState::AwaitingHead {
+                scanned: ScanState::default(),
+            };
             return true;
         }
         let (framing, body) = match resp.body {
@@ -1163,7 +1167,7 @@ impl Connection {
         }
         let close = ex.close_after;
         let record = self.exchange_record(now);
-        self.outputs.push_back(Output::AccessLog(record));
+        self.outputs.push_back(Output::AccessLog(Box::new(record)));
         self.timers.stop(TimerKind::UpstreamConnect);
         self.timers.stop(TimerKind::UpstreamResponse);
         self.timers.stop(TimerKind::ClientBody);
@@ -1214,7 +1218,7 @@ impl Connection {
     fn next_request(&mut self, now: Instant) {
         self.state = State::Head {
             since: now,
-            scanned: 0,
+            scanned: ScanState::default(),
             receiving: false,
         };
         if self.rx.is_empty() {
@@ -1258,8 +1262,8 @@ impl Connection {
         AccessRecord {
             listener: self.listener,
             client: identity.client,
-            method: head.method.clone(),
-            target: head.target.clone(),
+            method: head.method_bytes(),
+            target: head.target_bytes(),
             version: head.version.as_str(),
             status,
             body_bytes_in,
@@ -1268,8 +1272,8 @@ impl Connection {
             upstream_duration,
             pool,
             request_id: identity.request_id.clone(),
-            user_agent: head.header(b"user-agent").cloned().unwrap_or_default(),
-            referer: head.header(b"referer").cloned().unwrap_or_default(),
+            user_agent: head.header_bytes(b"user-agent").unwrap_or_default(),
+            referer: head.header_bytes(b"referer").unwrap_or_default(),
             started,
         }
     }
@@ -1299,10 +1303,10 @@ fn host_without_port(host: &[u8]) -> &[u8] {
 
 /// The request line again, for logging a request refused after parsing.
 fn head_bytes_for_log(head: &RequestHead) -> Bytes {
-    let mut v = Vec::with_capacity(head.method.len() + head.target.len() + 2);
-    v.extend_from_slice(&head.method);
+    let mut v = Vec::with_capacity(head.method().len() + head.target().len() + 2);
+    v.extend_from_slice(head.method());
     v.push(b' ');
-    v.extend_from_slice(&head.target);
+    v.extend_from_slice(head.target());
     v.push(b' ');
     Bytes::from(v)
 }

@@ -19,7 +19,7 @@ pub struct ClientIdentity {
     /// The client address (the peer, or from a trusted proxy's chain).
     pub client: IpAddr,
     /// The `X-Forwarded-For` value to send.
-    pub forwarded_for: String,
+    pub forwarded_for: Bytes,
     /// The `X-Forwarded-Proto` value to send.
     pub proto: Bytes,
     pub request_id: Bytes,
@@ -47,7 +47,12 @@ impl RequestIds {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
-        Bytes::from(format!("{z:016x}"))
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut id = [0u8; 16];
+        for (i, digit) in id.iter_mut().enumerate() {
+            *digit = HEX[((z >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        Bytes::copy_from_slice(&id)
     }
 }
 
@@ -59,32 +64,50 @@ fn acceptable_request_id(v: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
 }
 
+/// The peer as the connection knows it: its address, and that address as text
+/// (rendered once per connection, not per request).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub ip: IpAddr,
+    pub text: Bytes,
+}
+
+impl Peer {
+    pub fn new(ip: IpAddr) -> Peer {
+        let ip = canonical_ip(ip);
+        Peer {
+            ip,
+            text: Bytes::from(ip.to_string()),
+        }
+    }
+}
+
 pub fn identify(
     config: &Config,
     scheme: Scheme,
-    peer: IpAddr,
+    peer: &Peer,
     head: &RequestHead,
     ids: &mut RequestIds,
 ) -> ClientIdentity {
-    let peer = canonical_ip(peer);
+    let peer_text = &peer.text;
+    let peer = peer.ip;
     let trusted = &config.forwarding.trusted_proxies;
     let peer_trusted = Config::contains(trusted, peer);
     let id_header = config.forwarding.request_id_header.as_str().as_bytes();
 
     let mut client = peer;
-    let mut forwarded_for = peer.to_string();
+    let mut forwarded_for = peer_text.clone();
     let mut proto = Bytes::from_static(scheme.as_str().as_bytes());
     let mut request_id = None;
 
     if peer_trusted {
         // The chain as the trusted peer built it, then the peer itself.
         let mut chain: Vec<&[u8]> = Vec::new();
-        for h in head
-            .headers
-            .iter()
-            .filter(|h| eq_ignore_case(&h.name, b"x-forwarded-for"))
+        for (_, value) in head
+            .headers()
+            .filter(|(name, _)| eq_ignore_case(name, b"x-forwarded-for"))
         {
-            chain.extend(h.value.split(|&b| b == b',').map(trim_ows));
+            chain.extend(value.split(|&b| b == b',').map(trim_ows));
         }
         // Right-most address that is not a trusted proxy is the client.
         let mut start = chain.len();
@@ -111,7 +134,7 @@ pub fn identify(
             }
         }
         kept.push(peer.to_string());
-        forwarded_for = kept.join(", ");
+        forwarded_for = Bytes::from(kept.join(", "));
         if let Some(p) = head.header(b"x-forwarded-proto") {
             let p = trim_ows(p);
             if eq_ignore_case(p, b"https") || eq_ignore_case(p, b"http") {
@@ -121,7 +144,7 @@ pub fn identify(
         request_id = head
             .header(id_header)
             .filter(|v| acceptable_request_id(v))
-            .cloned();
+            .map(Bytes::copy_from_slice);
     }
     ClientIdentity {
         client,

@@ -5,7 +5,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::forwarded::ClientIdentity;
-use crate::http1::request::{RawHeader, RequestBody, RequestHead, Version};
+use crate::http1::request::{RequestBody, RequestHead, Version};
 use crate::http1::response::ResponseHead;
 use crate::http1::tokens::eq_ignore_case;
 
@@ -54,17 +54,11 @@ pub fn upstream_request(
     request_id_header: &str,
     default_host: &str,
 ) -> Bytes {
-    let capacity = head.target.len()
-        + head
-            .headers
-            .iter()
-            .map(|h| h.name.len() + h.value.len() + 4)
-            .sum::<usize>()
-        + 160;
+    let capacity = head.raw.len() + 160;
     let mut out = BytesMut::with_capacity(capacity);
-    out.put_slice(&head.method);
+    out.put_slice(head.method());
     out.put_u8(b' ');
-    out.put_slice(&head.target);
+    out.put_slice(head.target());
     out.put_slice(b" HTTP/1.1\r\n");
     let replaced: [&[u8]; 5] = [
         b"x-forwarded-for",
@@ -73,7 +67,7 @@ pub fn upstream_request(
         b"expect",
         request_id_header.as_bytes(),
     ];
-    for RawHeader { name, value } in &head.headers {
+    for (name, value) in head.headers() {
         let upgrade_kept = head.upgrade && eq_ignore_case(name, b"upgrade");
         if !upgrade_kept && is_hop_by_hop(name, &head.connection_tokens) {
             continue;
@@ -83,15 +77,11 @@ pub fn upstream_request(
         }
         put_header(&mut out, name, value);
     }
-    if head.host.is_none() {
+    if head.host().is_none() {
         // HTTP/1.0 without Host: HTTP/1.1 upstream requests need one.
         put_header(&mut out, b"Host", default_host.as_bytes());
     }
-    put_header(
-        &mut out,
-        b"X-Forwarded-For",
-        identity.forwarded_for.as_bytes(),
-    );
+    put_header(&mut out, b"X-Forwarded-For", &identity.forwarded_for);
     put_header(&mut out, b"X-Forwarded-Proto", &identity.proto);
     put_header(&mut out, request_id_header.as_bytes(), &identity.request_id);
     match head.body {
@@ -131,19 +121,13 @@ pub fn client_response(
     request_id: Option<(&str, &[u8])>,
     switching_protocols: bool,
 ) -> Bytes {
-    let mut out = BytesMut::with_capacity(
-        64 + resp
-            .headers
-            .iter()
-            .map(|h| h.name.len() + h.value.len() + 4)
-            .sum::<usize>(),
-    );
+    let mut out = BytesMut::with_capacity(resp.raw.len() + 96);
     out.put_slice(b"HTTP/1.1 ");
     put_decimal(&mut out, u64::from(resp.status));
     out.put_u8(b' ');
-    out.put_slice(&resp.reason);
+    out.put_slice(resp.reason());
     out.put_slice(b"\r\n");
-    for RawHeader { name, value } in &resp.headers {
+    for (name, value) in resp.headers() {
         let upgrade_kept = switching_protocols && eq_ignore_case(name, b"upgrade");
         if !upgrade_kept && is_hop_by_hop(name, &resp.connection_tokens) {
             continue;

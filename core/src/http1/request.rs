@@ -30,23 +30,53 @@ impl Version {
     }
 }
 
-/// A header as it arrived: name and value are slices of the head bytes.
-#[derive(Debug, Clone)]
-pub struct RawHeader {
-    pub name: Bytes,
-    pub value: Bytes,
+/// A range of a head's bytes. Offsets instead of `Bytes` handles: no reference count
+/// traffic per header on the hot path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Span {
+    start: u32,
+    end: u32,
 }
 
-/// A validated request head. Every field points into the original head bytes.
+impl Span {
+    /// The span of `part`, which must be a sub-slice of `whole`.
+    pub fn of(whole: &[u8], part: &[u8]) -> Span {
+        let start = (part.as_ptr() as usize).saturating_sub(whole.as_ptr() as usize);
+        let start = start.min(whole.len());
+        let end = (start + part.len()).min(whole.len());
+        Span {
+            start: start as u32,
+            end: end as u32,
+        }
+    }
+
+    pub fn get<'a>(&self, whole: &'a [u8]) -> &'a [u8] {
+        &whole[self.start as usize..self.end as usize]
+    }
+
+    pub fn slice(&self, whole: &Bytes) -> Bytes {
+        whole.slice(self.start as usize..self.end as usize)
+    }
+}
+
+/// A header as it arrived: name and value as spans of the head.
+#[derive(Debug, Clone, Copy)]
+pub struct RawHeader {
+    pub name: Span,
+    pub value: Span,
+}
+
+/// A validated request head: the raw bytes, and spans into them.
 #[derive(Debug, Clone)]
 pub struct RequestHead {
-    pub method: Bytes,
+    pub raw: Bytes,
+    method: Span,
     /// The request-target exactly as sent.
-    pub target: Bytes,
+    target: Span,
     pub version: Version,
-    pub headers: Vec<RawHeader>,
+    headers: Vec<RawHeader>,
     pub body: RequestBody,
-    pub host: Option<Bytes>,
+    host: Option<Span>,
     /// The client asked to close after this exchange (or is HTTP/1.0 without keep-alive).
     pub close: bool,
     pub expect_continue: bool,
@@ -57,51 +87,97 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
+    pub fn method(&self) -> &[u8] {
+        self.method.get(&self.raw)
+    }
+
+    pub fn target(&self) -> &[u8] {
+        self.target.get(&self.raw)
+    }
+
+    /// The method as a handle on the head's bytes (for logs).
+    pub fn method_bytes(&self) -> Bytes {
+        self.method.slice(&self.raw)
+    }
+
+    /// The target as a handle on the head's bytes (for logs).
+    pub fn target_bytes(&self) -> Bytes {
+        self.target.slice(&self.raw)
+    }
+
+    pub fn host(&self) -> Option<&[u8]> {
+        self.host.map(|s| s.get(&self.raw))
+    }
+
+    /// Every header as (name, value), in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.headers
+            .iter()
+            .map(|h| (h.name.get(&self.raw), h.value.get(&self.raw)))
+    }
+
     pub fn is_head_method(&self) -> bool {
-        &self.method[..] == b"HEAD"
+        self.method() == b"HEAD"
     }
 
     /// The path part of the target (before `?`).
     pub fn path(&self) -> &[u8] {
-        let end = self
-            .target
+        let target = self.target();
+        let end = target
             .iter()
             .position(|&b| b == b'?' || b == b'#')
-            .unwrap_or(self.target.len());
-        &self.target[..end]
+            .unwrap_or(target.len());
+        &target[..end]
     }
 
     /// Whether repeating this request is harmless (RFC 9110 §9.2.2).
     pub fn is_idempotent(&self) -> bool {
         matches!(
-            &self.method[..],
+            self.method(),
             b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE"
         )
     }
 
-    /// The first value of a header, by lower-case name.
-    pub fn header(&self, lower_name: &[u8]) -> Option<&Bytes> {
+    fn find(&self, lower_name: &[u8]) -> Option<Span> {
         self.headers
             .iter()
-            .find(|h| eq_ignore_case(&h.name, lower_name))
-            .map(|h| &h.value)
+            .find(|h| eq_ignore_case(h.name.get(&self.raw), lower_name))
+            .map(|h| h.value)
+    }
+
+    /// The first value of a header, by lower-case name.
+    pub fn header(&self, lower_name: &[u8]) -> Option<&[u8]> {
+        self.find(lower_name).map(|s| s.get(&self.raw))
+    }
+
+    /// The first value of a header as a handle on the head's bytes.
+    pub fn header_bytes(&self, lower_name: &[u8]) -> Option<Bytes> {
+        self.find(lower_name).map(|s| s.slice(&self.raw))
     }
 }
 
 /// Parses a complete request head (as found by [`super::lines::scan_head`]). Every field
 /// of the result is a slice of `head`.
+/// The most header fields any configuration may allow.
+pub const MAX_HEADERS: usize = 256;
+
 /// `max_headers` bounds the header count (the scanner already bounded the line count).
-pub fn parse_head(head: &Bytes, max_headers: usize) -> Result<RequestHead, Reject> {
-    let mut storage = vec![httparse::EMPTY_HEADER; max_headers];
-    let mut req = httparse::Request::new(&mut storage);
-    let status = req.parse(head).map_err(|e| match e {
-        httparse::Error::Version if names_other_http_version(head) => Reject::BadVersion,
-        httparse::Error::TooManyHeaders => Reject::TooManyHeaders,
-        httparse::Error::HeaderName => Reject::BadHeaderName,
-        httparse::Error::HeaderValue => Reject::BadHeaderValue,
-        httparse::Error::Token => Reject::BadRequestLine,
-        _ => Reject::BadRequestLine,
-    })?;
+pub fn parse_head(raw: Bytes, max_headers: usize) -> Result<RequestHead, Reject> {
+    let head = &raw[..];
+    // On the stack: no allocation per request. The scanner already bounded the count.
+    let mut storage =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let status = req
+        .parse_with_uninit_headers(head, &mut storage[..max_headers.min(MAX_HEADERS)])
+        .map_err(|e| match e {
+            httparse::Error::Version if names_other_http_version(head) => Reject::BadVersion,
+            httparse::Error::TooManyHeaders => Reject::TooManyHeaders,
+            httparse::Error::HeaderName => Reject::BadHeaderName,
+            httparse::Error::HeaderValue => Reject::BadHeaderValue,
+            httparse::Error::Token => Reject::BadRequestLine,
+            _ => Reject::BadRequestLine,
+        })?;
     if status.is_partial() {
         // scan_head found the blank line, so httparse must see a complete head.
         return Err(Reject::BadRequestLine);
@@ -118,12 +194,12 @@ pub fn parse_head(head: &Bytes, max_headers: usize) -> Result<RequestHead, Rejec
         // and asterisk-form (`OPTIONS *`) has nothing to route.
         return Err(Reject::NotOriginForm);
     }
-    let slice = |s: &[u8]| head.slice_ref(s);
+    let slice = |s: &[u8]| Span::of(head, s);
     let method = slice(method.as_bytes());
     let target = slice(target.as_bytes());
 
     let mut headers = Vec::with_capacity(req.headers.len());
-    let mut host: Option<Bytes> = None;
+    let mut host: Option<Span> = None;
     let mut content_length: Option<u64> = None;
     let mut saw_transfer_encoding = false;
     let mut chunked_final = false;
@@ -136,9 +212,6 @@ pub fn parse_head(head: &Bytes, max_headers: usize) -> Result<RequestHead, Rejec
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
-        if value.contains(&0) {
-            return Err(Reject::BadHeaderValue);
-        }
         if eq_ignore_case(name, b"host") {
             if host.is_some() {
                 return Err(Reject::DuplicateHost);
@@ -222,6 +295,7 @@ pub fn parse_head(head: &Bytes, max_headers: usize) -> Result<RequestHead, Rejec
         content_length.map_or(RequestBody::None, RequestBody::Length)
     };
     Ok(RequestHead {
+        raw,
         method,
         target,
         version,

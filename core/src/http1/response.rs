@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 use super::reject::Reject;
-use super::request::{trim_ows, RawHeader};
+use super::request::{trim_ows, RawHeader, Span};
 use super::tokens::{eq_ignore_case, for_each_token, parse_content_length};
 
 /// Most header fields accepted in a response.
@@ -21,9 +21,10 @@ pub enum ResponseBody {
 
 #[derive(Debug, Clone)]
 pub struct ResponseHead {
+    pub raw: Bytes,
     pub status: u16,
-    pub reason: Bytes,
-    pub headers: Vec<RawHeader>,
+    reason: Span,
+    headers: Vec<RawHeader>,
     pub body: ResponseBody,
     /// The upstream will close (or is HTTP/1.0 without keep-alive).
     pub close: bool,
@@ -31,18 +32,42 @@ pub struct ResponseHead {
     pub connection_tokens: Vec<Bytes>,
 }
 
+impl ResponseHead {
+    pub fn reason(&self) -> &[u8] {
+        self.reason.get(&self.raw)
+    }
+
+    /// Every header as (name, value), in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.headers
+            .iter()
+            .map(|h| (h.name.get(&self.raw), h.value.get(&self.raw)))
+    }
+
+    /// Bytes of header names and values, to size the rewritten head.
+    pub fn headers_len(&self) -> usize {
+        self.headers().map(|(n, v)| n.len() + v.len() + 4).sum()
+    }
+}
+
 /// Parses a complete response head (as found by [`super::lines::scan_head`]).
 /// `head_request` says whether it answers a HEAD request (no body then).
-pub fn parse_head(head: &Bytes, head_request: bool) -> Result<ResponseHead, Reject> {
-    let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut storage);
-    match resp.parse(head) {
+pub fn parse_head(raw: Bytes, head_request: bool) -> Result<ResponseHead, Reject> {
+    let head = &raw[..];
+    let mut storage =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        head,
+        &mut storage,
+    ) {
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Err(Reject::BadRequestLine),
     }
     let status = resp.code.ok_or(Reject::BadRequestLine)?;
     let http10 = resp.version == Some(0);
-    let reason = head.slice_ref(resp.reason.unwrap_or("").as_bytes());
+    let reason = Span::of(head, resp.reason.unwrap_or("").as_bytes());
     let mut headers = Vec::with_capacity(resp.headers.len());
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding: Option<bool> = None; // Some(chunked is final)
@@ -80,8 +105,8 @@ pub fn parse_head(head: &Bytes, head_request: bool) -> Result<ResponseHead, Reje
             .map_err(|_| Reject::BadHeaderValue)?;
         }
         headers.push(RawHeader {
-            name: head.slice_ref(name),
-            value: head.slice_ref(value),
+            name: Span::of(head, name),
+            value: Span::of(head, value),
         });
     }
     let body = if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
@@ -103,6 +128,7 @@ pub fn parse_head(head: &Bytes, head_request: bool) -> Result<ResponseHead, Reje
         close = true;
     }
     Ok(ResponseHead {
+        raw,
         status,
         reason,
         headers,
@@ -116,7 +142,7 @@ pub fn parse_head(head: &Bytes, head_request: bool) -> Result<ResponseHead, Reje
 mod tests {
     use super::*;
 
-    use crate::http1::lines::{scan_head, HeadScan, ScanLimits};
+    use crate::http1::lines::{scan_head, HeadScan, ScanLimits, ScanState};
 
     fn parse(raw: &[u8], head_request: bool) -> Result<Option<(ResponseHead, usize)>, Reject> {
         let limits = ScanLimits {
@@ -124,11 +150,11 @@ mod tests {
             max_head: 4096,
             max_lines: 64,
         };
-        match scan_head(raw, &mut 0, limits)? {
+        match scan_head(raw, &mut ScanState::default(), limits)? {
             HeadScan::Partial => Ok(None),
             HeadScan::Complete { start, end } => {
                 let head = Bytes::copy_from_slice(&raw[start..end]);
-                Ok(Some((parse_head(&head, head_request)?, end)))
+                Ok(Some((parse_head(head, head_request)?, end)))
             }
         }
     }

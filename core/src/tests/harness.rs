@@ -159,7 +159,7 @@ impl Harness {
                     }
                 }
                 Output::CloseClient => self.client_closed = true,
-                Output::AccessLog(r) => self.logs.push(r),
+                Output::AccessLog(r) => self.logs.push(*r),
             }
         }
     }
