@@ -5,7 +5,7 @@
 //! 2. `tests/synapse/homeserver.py` writes a throw-away config (SQLite, 127.0.0.1, free port,
 //!    `x_forwarded`, `request_id_header: X-Request-ID`) and Synapse runs in its own process
 //!    group; we wait for `GET /health` = 200.
-//! 3. [`start_proxy`] starts mxgate in front of it (placeholder until the binary exists).
+//! 3. [`start_proxy`] starts mxgate (each runtime in turn) over TLS in front of it.
 //! 4. `tests/synapse/client_flow.py` registers users, logs in, creates a room, sends non-ASCII
 //!    messages, long-polls `/sync`, uploads and downloads media, checks the client address
 //!    and request id Synapse saw, `.well-known`, `/health` — through the proxy.
@@ -29,6 +29,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mxgate_e2e::pki::Pki;
+use mxgate_e2e::proxy::{ListenerSpec, Proxy, ProxyConfig, Role};
+use mxgate_e2e::runtime::{runtimes, Runtime};
 
 /// Cold provisioning (venv + pip install from PyPI) takes ~20 s here; leave room for a slow
 /// network.
@@ -354,46 +358,29 @@ struct ProxyHandle {
     _keep_alive: Vec<Box<dyn std::any::Any>>,
 }
 
-// ============================================================================================
-// LEAD: plug mxgate in here.
-//
-// Start mxgate in front of Synapse (http://127.0.0.1:<synapse_port>) and return its client
-// base URL. With the harness in tests/src that is roughly:
-//
-//     let pki = mxgate_e2e::pki::Pki::new();        // CA + cert for localhost / 127.0.0.1
-//     let cfg = ProxyConfig { homeserver: format!("http://127.0.0.1:{synapse_port}"), .. }
-//         // (e.g. ProxyConfig::new(&origin, &pki) with `homeserver` replaced; keep the
-//         //  defaults: [admin] allow empty, max body 50 MiB, no upstream_response timeout
-//         //  below 35 s; a TLS client listener is required)
-//     let proxy = Proxy::start(&runtime, cfg);
-//     ProxyHandle {
-//         base_url: format!("https://127.0.0.1:{}", proxy.client_tls().port()),
-//         ca_file: Some(pki.ca_pem_path.clone()),
-//         proxy_checks: true,
-//         _keep_alive: vec![Box::new(proxy), Box::new(pki)],
-//     }
-//
-// What client_flow.py then requires of the proxy (see tests/synapse/README.md):
-//  - TLS on the client listener, certificate valid for the IP 127.0.0.1 under `ca_file`;
-//  - /_matrix and /_synapse/client forwarded byte for byte (%21 %3A %23 kept);
-//  - /_synapse/admin answered by the proxy itself: 404 + JSON errcode (127.0.0.1 not allowed);
-//  - X-Forwarded-For replaced by the peer address; an X-Request-ID generated, sent to Synapse
-//    and echoed on the response;
-//  - /.well-known/matrix/{client,server}: 200, application/json, ACAO *, with keys
-//    `m.homeserver` and `m.server`; /health: 200 `OK`;
-//  - 50 MiB + 1 byte upload (Content-Length) -> 413 {"errcode":"M_TOO_LARGE"} (read the
-//    response before the client has sent the body: do not reset the connection under it);
-//  - /sync?timeout=30000 not cut by any proxy timeout.
-//
-// Until then it returns Synapse's own URL with the proxy-only checks skipped.
-// ============================================================================================
-fn start_proxy(synapse_port: u16, run_dir: &Path) -> ProxyHandle {
-    let _ = run_dir; // for a config file / logs of the proxy, kept on failure
+/// Starts runtime `rt` of mxgate over TLS in front of Synapse, with the defaults a Synapse
+/// admin gets: admin API refused, 50 MiB bodies, long-poll-safe timeouts.
+fn start_proxy(rt: &Runtime, synapse_port: u16) -> ProxyHandle {
+    let pki = Pki::new();
+    let config = ProxyConfig {
+        server_name: "localhost".into(),
+        public_url: None,
+        homeserver: format!("http://127.0.0.1:{synapse_port}"),
+        tls: Some((pki.server.cert.clone(), pki.server.key.clone())),
+        sni: Vec::new(),
+        listeners: vec![ListenerSpec {
+            role: Role::Client,
+            tls: true,
+        }],
+        top: Vec::new(),
+        sections: Vec::new(),
+    };
+    let proxy = Proxy::start(rt, config);
     ProxyHandle {
-        base_url: format!("http://127.0.0.1:{synapse_port}"),
-        ca_file: None,
-        proxy_checks: false,
-        _keep_alive: Vec::new(),
+        base_url: format!("https://127.0.0.1:{}", proxy.client_tls().port()),
+        ca_file: Some(pki.ca_pem_path.clone()),
+        proxy_checks: true,
+        _keep_alive: vec![Box::new(proxy), Box::new(pki)],
     }
 }
 
@@ -445,72 +432,80 @@ fn synapse_client_flow_through_proxy() {
         python.display()
     );
 
-    // 2. Synapse
-    let dir = run_dir();
-    let synapse = start_synapse(&python, &dir)
-        .unwrap_or_else(|e| panic!("cannot start Synapse: {e}\n(kept {})", dir.display()));
+    for rt in runtimes() {
+        // 2. Synapse, fresh for each runtime (the flow registers fixed user names)
+        let dir = run_dir();
+        let synapse = start_synapse(&python, &dir)
+            .unwrap_or_else(|e| panic!("cannot start Synapse: {e}\n(kept {})", dir.display()));
 
-    // 3. the proxy
-    let proxy = start_proxy(synapse.port, &dir);
-    println!(
-        "client flow base URL {} (proxy checks {})",
-        proxy.base_url,
-        if proxy.proxy_checks {
-            "on"
-        } else {
-            "OFF: no proxy yet"
+        // 3. the proxy
+        let proxy = start_proxy(&rt, synapse.port);
+        println!(
+            "[{}] client flow base URL {} (proxy checks {})",
+            rt.name,
+            proxy.base_url,
+            if proxy.proxy_checks {
+                "on"
+            } else {
+                "OFF: no proxy yet"
+            }
+        );
+
+        // 4. the client flow
+        let t0 = Instant::now();
+        let mut cmd = Command::new(&python);
+        cmd.arg(synapse_dir().join("client_flow.py"))
+            .arg("--proxy")
+            .arg(&proxy.base_url)
+            .arg("--direct")
+            .arg(synapse.direct_url())
+            .arg("--shared-secret")
+            .arg(&synapse.shared_secret)
+            .arg("--synapse-log")
+            .arg(&synapse.log)
+            .env("PYTHONUNBUFFERED", "1");
+        if let Some(ca) = &proxy.ca_file {
+            cmd.arg("--ca").arg(ca);
+        } else if proxy.base_url.starts_with("https:") {
+            cmd.arg("--insecure");
         }
-    );
+        if !proxy.proxy_checks {
+            cmd.arg("--no-proxy-checks");
+        }
+        let result = run_bounded("client_flow", cmd, FLOW_TIMEOUT);
+        let flow_secs = t0.elapsed().as_secs_f64();
+        let failure = match &result {
+            Err(e) => Some(e.clone()),
+            Ok((None, _)) => Some(format!(
+                "client_flow.py did not finish within {FLOW_TIMEOUT:?}"
+            )),
+            Ok((Some(st), out)) if !st.success() => Some(
+                out.lines()
+                    .rev()
+                    .find(|l| l.starts_with("FAILED at step"))
+                    .map_or_else(|| format!("client_flow.py exited with {st}"), str::to_owned),
+            ),
+            Ok(_) => None,
+        };
+        if let Some(why) = failure {
+            let tails = synapse.log_tails();
+            panic!(
+                "[{}] Synapse client flow: {why}\n{tails}\n(run directory kept: {})",
+                rt.name,
+                dir.display()
+            );
+        }
 
-    // 4. the client flow
-    let t0 = Instant::now();
-    let mut cmd = Command::new(&python);
-    cmd.arg(synapse_dir().join("client_flow.py"))
-        .arg("--proxy")
-        .arg(&proxy.base_url)
-        .arg("--direct")
-        .arg(synapse.direct_url())
-        .arg("--shared-secret")
-        .arg(&synapse.shared_secret)
-        .arg("--synapse-log")
-        .arg(&synapse.log)
-        .env("PYTHONUNBUFFERED", "1");
-    if let Some(ca) = &proxy.ca_file {
-        cmd.arg("--ca").arg(ca);
-    } else if proxy.base_url.starts_with("https:") {
-        cmd.arg("--insecure");
-    }
-    if !proxy.proxy_checks {
-        cmd.arg("--no-proxy-checks");
-    }
-    let result = run_bounded("client_flow", cmd, FLOW_TIMEOUT);
-    let flow_secs = t0.elapsed().as_secs_f64();
-    let failure = match &result {
-        Err(e) => Some(e.clone()),
-        Ok((None, _)) => Some(format!(
-            "client_flow.py did not finish within {FLOW_TIMEOUT:?}"
-        )),
-        Ok((Some(st), out)) if !st.success() => Some(
-            out.lines()
-                .rev()
-                .find(|l| l.starts_with("FAILED at step"))
-                .map_or_else(|| format!("client_flow.py exited with {st}"), str::to_owned),
-        ),
-        Ok(_) => None,
-    };
-    if let Some(why) = failure {
-        let tails = synapse.log_tails();
-        panic!(
-            "Synapse client flow: {why}\n{tails}\n(run directory kept: {})",
-            dir.display()
+        drop(proxy);
+        drop(synapse);
+        let _ = fs::remove_dir_all(&dir);
+        println!(
+            "[{}] Synapse client flow passed in {flow_secs:.1} s",
+            rt.name
         );
     }
-
-    drop(proxy);
-    drop(synapse);
-    let _ = fs::remove_dir_all(&dir);
     println!(
-        "Synapse client flow passed: flow {flow_secs:.1} s, total {:.1} s",
+        "Synapse client flow passed on every runtime: total {:.1} s",
         t_all.elapsed().as_secs_f64()
     );
 }
