@@ -603,7 +603,7 @@ impl Connection {
             reject.reason(),
             AnswerCtx {
                 close: true,
-                head_only: false,
+                head_only: &method[..] == b"HEAD",
                 request_id: None,
             },
         );

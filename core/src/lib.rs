@@ -10,9 +10,11 @@ mod connection;
 mod forwarded;
 pub mod http1;
 mod output;
+pub mod proxy_protocol;
 mod rewrite;
 pub mod route;
 mod timer;
+pub mod workers;
 
 pub use config::{Config, ListenerId, PoolId, UpstreamPool};
 pub use connection::Connection;

@@ -20,9 +20,14 @@ const HOP_BY_HOP: [&[u8]; 7] = [
     b"upgrade",
 ];
 
+/// Headers a `Connection` list must not remove: the message would lose its framing
+/// or its authority (a sender listing them is broken or hostile; the list is ignored).
+const NEVER_LISTED: [&[u8]; 2] = [b"content-length", b"host"];
+
 fn is_hop_by_hop(name: &[u8], listed: &[Bytes]) -> bool {
     HOP_BY_HOP.iter().any(|h| eq_ignore_case(name, h))
-        || listed.iter().any(|t| eq_ignore_case(name, t))
+        || (listed.iter().any(|t| eq_ignore_case(name, t))
+            && !NEVER_LISTED.iter().any(|n| eq_ignore_case(name, n)))
 }
 
 fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {

@@ -6,6 +6,7 @@
 pub enum Reject {
     BadRequestLine,
     NotOriginForm,
+    FragmentInTarget,
     BadVersion,
     RequestLineTooLong,
     HeadTooLarge,
@@ -26,6 +27,8 @@ pub enum Reject {
     UnsupportedTransferCoding,
     UnsupportedExpectation,
     BadChunk,
+    /// An upstream status outside 100–999.
+    BadStatus,
     /// The target's decoded or dot-resolved form routes elsewhere than its raw form.
     AmbiguousTarget,
 }
@@ -48,6 +51,7 @@ impl Reject {
         match self {
             Reject::BadRequestLine => "malformed request line",
             Reject::NotOriginForm => "request-target must be an absolute path",
+            Reject::FragmentInTarget => "request-target must not contain a fragment",
             Reject::BadVersion => "only HTTP/1.0 and HTTP/1.1 are supported",
             Reject::RequestLineTooLong => "request line too long",
             Reject::HeadTooLarge => "request headers too large",
@@ -70,6 +74,7 @@ impl Reject {
             Reject::UnsupportedTransferCoding => "unsupported transfer coding",
             Reject::UnsupportedExpectation => "unsupported expectation",
             Reject::BadChunk => "malformed chunked body",
+            Reject::BadStatus => "invalid status code",
             Reject::AmbiguousTarget => "request path is ambiguous once decoded",
         }
     }

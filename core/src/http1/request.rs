@@ -194,6 +194,11 @@ pub fn parse_head(raw: Bytes, max_headers: usize) -> Result<RequestHead, Reject>
         // and asterisk-form (`OPTIONS *`) has nothing to route.
         return Err(Reject::NotOriginForm);
     }
+    if target.contains('#') {
+        // A fragment is never sent (RFC 9110 §4.2.4); parsers disagree on what follows it,
+        // so it could hide dot segments from the routing check.
+        return Err(Reject::FragmentInTarget);
+    }
     let slice = |s: &[u8]| Span::of(head, s);
     let method = slice(method.as_bytes());
     let target = slice(target.as_bytes());

@@ -65,7 +65,10 @@ pub fn parse_head(raw: Bytes, head_request: bool) -> Result<ResponseHead, Reject
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Err(Reject::BadRequestLine),
     }
-    let status = resp.code.ok_or(Reject::BadRequestLine)?;
+    let status = resp
+        .code
+        .filter(|c| (100..=999).contains(c))
+        .ok_or(Reject::BadStatus)?;
     let http10 = resp.version == Some(0);
     let reason = Span::of(head, resp.reason.unwrap_or("").as_bytes());
     let mut headers = Vec::with_capacity(resp.headers.len());
