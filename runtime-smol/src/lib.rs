@@ -1,0 +1,284 @@
+//! mxgate on the smol runtime: the I/O shell around `mxgate-core`'s sans-IO engine.
+//!
+//! [`serve`] binds every configured listener, then runs a shared `smol::Executor` on
+//! `runtime.threads` threads (default: one per core) until its `shutdown` future resolves;
+//! then it stops accepting, asks every connection to finish (`begin_shutdown`) and waits up
+//! to `timeouts.drain` for them. [`run`] is `serve` with SIGTERM/SIGINT as the shutdown.
+//! Everything that is not async lives in `mxgate-std` (shared with the std runtime).
+
+mod driver;
+mod listener;
+mod metrics;
+mod signals;
+mod stream;
+mod upstream;
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use futures_rustls::TlsAcceptor;
+use mxgate_core::config::Scheme;
+use mxgate_core::Config;
+use mxgate_std::support::limit::ConnectionLimit;
+use mxgate_std::support::metrics::Metrics;
+use mxgate_std::support::net;
+use mxgate_std::support::tls::Certificates;
+use smol::channel::{Receiver, Sender};
+use smol::{future, Async, Executor, Timer};
+
+pub use signals::terminate;
+
+use crate::listener::Bound;
+use crate::upstream::Upstreams;
+
+/// What every task of a running proxy shares.
+pub(crate) struct Shared {
+    pub config: Arc<Config>,
+    pub metrics: Metrics,
+    pub upstreams: Upstreams,
+    pub limit: Arc<ConnectionLimit>,
+    /// Closed (its sender dropped) when shutdown begins.
+    pub shutdown: Receiver<()>,
+    /// For https listeners.
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Runs the proxy until SIGTERM or SIGINT, then shuts down gracefully.
+pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
+    let shutdown = signals::terminate().context("cannot install signal handlers")?;
+    serve(config, shutdown)
+}
+
+/// Runs the proxy until `shutdown` resolves, then shuts down gracefully. Returns an error
+/// when a listener cannot be bound or the TLS material is unusable.
+pub fn serve(config: Arc<Config>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    Server::bind(config)?.run(shutdown)
+}
+
+/// A proxy whose sockets are bound but which does not run yet (lets an embedder learn the
+/// addresses of `:0` binds before running).
+pub struct Server {
+    shared: Arc<Shared>,
+    shutdown_tx: Sender<()>,
+    certs: Option<Arc<Certificates>>,
+    listeners: Vec<Bound>,
+    metrics_socket: Option<(SocketAddr, Async<TcpListener>)>,
+    hangups: Option<async_signal::Signals>,
+}
+
+impl Server {
+    /// Loads the TLS material and binds every listener (and the metrics listener).
+    pub fn bind(config: Arc<Config>) -> anyhow::Result<Server> {
+        let hangups = signals::hangups();
+        let needs_tls = config.listeners.iter().any(|l| l.scheme == Scheme::Https);
+        let certs = if needs_tls {
+            Some(Certificates::load(&config).context("cannot load the TLS certificates")?)
+        } else {
+            None
+        };
+        let tls = match &certs {
+            Some(certs) => Some(TlsAcceptor::from(
+                certs.server_config().context("cannot set up TLS")?,
+            )),
+            None => None,
+        };
+        let mut listeners = Vec::new();
+        for plan in net::plan(&config) {
+            let name = &config.listeners[plan.listener].name;
+            let socket = net::bind(plan.addr, plan.v6_only)
+                .with_context(|| format!("cannot listen on {} (listener {name})", plan.addr))?;
+            let addr = socket.local_addr()?;
+            listeners.push(Bound {
+                listener: plan.listener,
+                socket: Async::new(socket)?,
+                addr,
+            });
+        }
+        if listeners.is_empty() {
+            tracing::warn!("no listener configured: nothing to serve");
+        }
+        let metrics_socket = match config.runtime.metrics_bind {
+            Some(addr) => {
+                let socket = net::bind(addr, true)
+                    .with_context(|| format!("cannot listen on {addr} (metrics)"))?;
+                Some((socket.local_addr()?, Async::new(socket)?))
+            }
+            None => None,
+        };
+        let (shutdown_tx, shutdown) = smol::channel::bounded(1);
+        let shared = Arc::new(Shared {
+            metrics: Metrics::new(&config),
+            upstreams: Upstreams::new(&config),
+            limit: ConnectionLimit::new(config.runtime.max_connections),
+            shutdown,
+            tls,
+            config,
+        });
+        Ok(Server {
+            shared,
+            shutdown_tx,
+            certs,
+            listeners,
+            metrics_socket,
+            hangups,
+        })
+    }
+
+    /// Every bound client socket: listener name and address.
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .iter()
+            .map(|b| {
+                (
+                    self.shared.config.listeners[b.listener].name.clone(),
+                    b.addr,
+                )
+            })
+            .collect()
+    }
+
+    /// The metrics listener's address, if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_socket.as_ref().map(|(addr, _)| *addr)
+    }
+
+    /// Serves until `shutdown` resolves, then drains (see [`serve`]).
+    pub fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let config = &self.shared.config;
+        let threads = config
+            .runtime
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1);
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            threads,
+            max_connections = config.runtime.max_connections,
+            "mxgate starting"
+        );
+        let executor = Arc::new(Executor::new());
+        let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
+        let mut workers = Vec::new();
+        for i in 1..threads {
+            let executor = executor.clone();
+            let stop = stop_rx.clone();
+            let worker = std::thread::Builder::new()
+                .name(format!("mxgate-worker-{i}"))
+                .spawn(move || smol::block_on(executor.run(stop.recv())))
+                .context("cannot start executor threads")?;
+            workers.push(worker);
+        }
+        let result = smol::block_on(executor.run(self.main(executor.clone(), shutdown)));
+        drop(stop_tx);
+        for worker in workers {
+            let _ = worker.join();
+        }
+        result
+    }
+
+    async fn main(
+        self,
+        executor: Arc<Executor<'static>>,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let Server {
+            shared,
+            shutdown_tx,
+            certs,
+            listeners,
+            metrics_socket,
+            hangups,
+        } = self;
+        let mut tasks = Vec::new();
+        for bound in listeners {
+            let l = &shared.config.listeners[bound.listener];
+            tracing::info!(listener = %l.name, addr = %bound.addr, scheme = l.scheme.as_str(), "listening");
+            tasks.push(executor.spawn(listener::accept_loop(
+                shared.clone(),
+                executor.clone(),
+                bound,
+            )));
+        }
+        if let Some((addr, socket)) = metrics_socket {
+            tracing::info!(%addr, "metrics at http://{addr}/metrics");
+            tasks.push(executor.spawn(metrics::serve(shared.clone(), executor.clone(), socket)));
+        }
+        tasks.push(executor.spawn(signals::reload_on_hangup(
+            hangups,
+            certs,
+            shared.shutdown.clone(),
+        )));
+        tasks.push(executor.spawn(sweep_idle_upstreams(shared.clone())));
+
+        shutdown.await;
+        let drain = shared.config.timeouts.drain;
+        drop(shutdown_tx);
+        for task in tasks {
+            task.await;
+        }
+        tracing::info!(
+            open_connections = shared.limit.active(),
+            drain_seconds = drain.as_secs_f64(),
+            "shutting down: not accepting any more; letting exchanges in flight finish"
+        );
+        let deadline = Instant::now() + drain;
+        loop {
+            if shared.limit.active() == 0 {
+                tracing::info!("all connections closed");
+                break;
+            }
+            let released = shared.limit.listen();
+            if shared.limit.active() == 0 {
+                continue;
+            }
+            let over = future::or(
+                async {
+                    released.await;
+                    false
+                },
+                async {
+                    Timer::at(deadline).await;
+                    true
+                },
+            )
+            .await;
+            if over {
+                tracing::warn!(
+                    open_connections = shared.limit.active(),
+                    "drain time is over: dropping the remaining connections"
+                );
+                break;
+            }
+        }
+        shared.upstreams.clear();
+        Ok(())
+    }
+}
+
+/// Closes idle upstream connections that expired or were closed by the backend.
+async fn sweep_idle_upstreams(shared: Arc<Shared>) {
+    let interval = Upstreams::sweep_interval(&shared.config);
+    loop {
+        let stop = future::or(
+            async {
+                Timer::after(interval).await;
+                false
+            },
+            async {
+                let _ = shared.shutdown.recv().await;
+                true
+            },
+        )
+        .await;
+        if stop {
+            return;
+        }
+        let closed = shared.upstreams.sweep();
+        if closed > 0 {
+            tracing::trace!(closed, "closed idle upstream connections");
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The client side of a connection, plain TCP or TLS, behind one type; plus the two I/O
+//! helpers the driver needs: waiting for readability without holding a buffer, and writing
+//! a queue of byte chunks (vectored) with a stall bound.
+//!
+//! Cancellation safety, which the driver relies on: a read is only attempted once readiness
+//! was reported, by polling it once (`poll_once`), so no read future holding a buffer is ever
+//! dropped half-way. Even if one were: `Async<TcpStream>` reads only take bytes when they
+//! complete, and futures-rustls reads only copy plaintext out of rustls when they complete
+//! (TLS records read from the socket stay buffered in the rustls session). Writes are likewise
+//! only counted when a `poll_write` completes.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::net::TcpStream;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use futures_rustls::server::TlsStream;
+use smol::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use smol::{future, Async, Timer};
+
+/// A client connection after the (optional) TLS handshake.
+pub(crate) enum ClientStream {
+    Plain(Async<TcpStream>),
+    Tls(Box<TlsStream<Async<TcpStream>>>),
+}
+
+impl ClientStream {
+    /// Resolves when a read would make progress. For TLS that is at once when rustls already
+    /// holds decrypted bytes (or a close), else when the socket is readable; `socket_only`
+    /// skips the first check after an attempt that turned out to have nothing to read.
+    pub(crate) async fn ready(&self, socket_only: bool) -> io::Result<()> {
+        match self {
+            ClientStream::Plain(s) => s.readable().await,
+            ClientStream::Tls(s) => {
+                let (io, session) = s.get_ref();
+                if !socket_only && !session.wants_read() {
+                    return Ok(());
+                }
+                io.readable().await
+            }
+        }
+    }
+}
+
+impl ClientStream {
+    /// Sends the TCP FIN. (`AsyncWrite::close` only flushes an `Async<TcpStream>`; for TLS it
+    /// sends close_notify first, so call it before this.)
+    pub(crate) fn shutdown_write(&self) -> io::Result<()> {
+        let tcp = match self {
+            ClientStream::Plain(s) => s.get_ref(),
+            ClientStream::Tls(s) => s.get_ref().0.get_ref(),
+        };
+        match tcp.shutdown(std::net::Shutdown::Write) {
+            Err(err) if err.kind() != io::ErrorKind::NotConnected => Err(err),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    /// TLS: sends close_notify. Plain: only flushes (see [`ClientStream::shutdown_write`]).
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_close(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+        }
+    }
+}
+
+/// Most slices handed to one vectored write.
+const MAX_SLICES: usize = 32;
+
+/// Writes every queued chunk (vectored), then flushes. Each write must make progress within
+/// `stall`, else the write fails with `TimedOut`. Returns the bytes written; on error the
+/// queue holds what was not written.
+pub(crate) async fn write_queue<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    queue: &mut VecDeque<Bytes>,
+    stall: Duration,
+) -> io::Result<u64> {
+    let mut written = 0u64;
+    while !queue.is_empty() {
+        let n = {
+            let slices: Vec<IoSlice<'_>> = queue
+                .iter()
+                .take(MAX_SLICES)
+                .map(|b| IoSlice::new(b))
+                .collect();
+            bounded(w.write_vectored(&slices), stall).await?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        written += n as u64;
+        advance(queue, n);
+    }
+    bounded(w.flush(), stall).await?;
+    Ok(written)
+}
+
+/// Drops `n` written bytes from the front of the queue.
+fn advance(queue: &mut VecDeque<Bytes>, mut n: usize) {
+    while n > 0 {
+        let Some(front) = queue.front_mut() else {
+            return;
+        };
+        if front.len() <= n {
+            n -= front.len();
+            queue.pop_front();
+        } else {
+            front.advance(n);
+            n = 0;
+        }
+    }
+}
+
+/// Runs `f`, failing with `TimedOut` when it takes longer than `limit`.
+pub(crate) async fn bounded<T>(
+    f: impl std::future::Future<Output = io::Result<T>>,
+    limit: Duration,
+) -> io::Result<T> {
+    future::or(f, async {
+        Timer::after(limit).await;
+        Err(io::Error::new(io::ErrorKind::TimedOut, "no progress"))
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advance_consumes_whole_and_partial_chunks() {
+        let mut q: VecDeque<Bytes> = ["abc", "de", "fgh"]
+            .iter()
+            .map(|s| Bytes::from_static(s.as_bytes()))
+            .collect();
+        advance(&mut q, 4);
+        assert_eq!(q, [Bytes::from_static(b"e"), Bytes::from_static(b"fgh")]);
+        advance(&mut q, 4);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn write_queue_writes_everything_in_order() {
+        smol::block_on(async {
+            let mut out = Vec::new();
+            let mut q: VecDeque<Bytes> = (0..100).map(|i| Bytes::from(format!("{i},"))).collect();
+            let n = write_queue(&mut out, &mut q, Duration::from_secs(1))
+                .await
+                .unwrap();
+            let expected: String = (0..100).map(|i| format!("{i},")).collect();
+            assert_eq!(out, expected.as_bytes());
+            assert_eq!(n, expected.len() as u64);
+        });
+    }
+}

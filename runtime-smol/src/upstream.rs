@@ -1,0 +1,203 @@
+//! Upstream connections: obtaining one for a pool (an idle keep-alive connection of the
+//! round-robin backend, or a new one, trying each backend and each of its addresses in
+//! turn), returning it to the idle pool, and sweeping out expired or closed idle ones.
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use mxgate_core::{Config, PoolId};
+use mxgate_std::support::backend::{self, BackendAddrs};
+use mxgate_std::support::metrics::Metrics;
+use mxgate_std::support::net;
+use mxgate_std::support::pool::IdlePool;
+use smol::Async;
+
+use crate::stream::bounded;
+
+/// A connection to one backend of one pool.
+pub(crate) struct UpstreamConn {
+    pub stream: Async<TcpStream>,
+    pub pool: PoolId,
+    pub backend: usize,
+    pub addr: SocketAddr,
+}
+
+struct PoolState {
+    idle: IdlePool<Async<TcpStream>>,
+    addrs: Vec<BackendAddrs>,
+}
+
+/// Every pool's idle connections and backend addresses.
+pub(crate) struct Upstreams {
+    pools: Vec<PoolState>,
+    /// `timeouts.upstream_connect`, shared out among the addresses of a backend.
+    connect_timeout: Duration,
+}
+
+impl Upstreams {
+    pub fn new(config: &Config) -> Upstreams {
+        Upstreams {
+            pools: config
+                .pools
+                .iter()
+                .map(|p| PoolState {
+                    idle: IdlePool::new(p),
+                    addrs: p.backends.iter().map(BackendAddrs::new).collect(),
+                })
+                .collect(),
+            connect_timeout: config.timeouts.upstream_connect,
+        }
+    }
+
+    /// A connection to a backend of `pool`, and whether it was reused from the idle pool
+    /// (never when `fresh`). Errors when every address of every backend failed.
+    pub async fn obtain(
+        &self,
+        pool: PoolId,
+        fresh: bool,
+        metrics: &Metrics,
+    ) -> io::Result<(UpstreamConn, bool)> {
+        let state = self.pools.get(pool).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("no upstream pool {pool}"),
+            )
+        })?;
+        let order: Vec<usize> = state.idle.backend_order().collect();
+        if !fresh {
+            if let Some(&first) = order.first() {
+                if let Some(stream) = state.idle.take(first, Instant::now(), still_open) {
+                    let addr = stream.get_ref().peer_addr()?;
+                    let conn = UpstreamConn {
+                        stream,
+                        pool,
+                        backend: first,
+                        addr,
+                    };
+                    return Ok((conn, true));
+                }
+            }
+        }
+        let mut last_err = io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("upstream pool {pool} has no backends"),
+        );
+        for backend in order {
+            let addrs = &state.addrs[backend];
+            let candidates = match addrs.cached(Instant::now()) {
+                Some(c) => c,
+                None => {
+                    let b = addrs.backend.clone();
+                    match smol::unblock(move || backend::resolve_blocking(&b)).await {
+                        Ok(found) => {
+                            addrs.store(found.clone(), Instant::now());
+                            found
+                        }
+                        Err(err) => {
+                            tracing::warn!(backend = %addrs.backend.authority(), error = %err, "cannot resolve backend");
+                            metrics.upstream_connect_failed(pool);
+                            last_err = err;
+                            continue;
+                        }
+                    }
+                }
+            };
+            // With several addresses, one that drops SYNs must not use up the whole connect
+            // time: each gets a share (at least a second). Refusals fail fast anyway.
+            let share =
+                (self.connect_timeout / candidates.len().max(1) as u32).max(Duration::from_secs(1));
+            for addr in candidates {
+                match bounded(Async::<TcpStream>::connect(addr), share).await {
+                    Ok(stream) => {
+                        if let Err(err) = net::tune(stream.get_ref()) {
+                            tracing::debug!(%addr, error = %err, "cannot set upstream socket options");
+                        }
+                        addrs.mark_good(addr);
+                        let conn = UpstreamConn {
+                            stream,
+                            pool,
+                            backend,
+                            addr,
+                        };
+                        return Ok((conn, false));
+                    }
+                    Err(err) => {
+                        tracing::debug!(backend = %addrs.backend.authority(), %addr, error = %err, "upstream connect failed");
+                        metrics.upstream_connect_failed(pool);
+                        last_err = err;
+                    }
+                }
+            }
+        }
+        Err(last_err)
+    }
+
+    /// Parks a connection the engine called reusable.
+    pub fn release(&self, conn: UpstreamConn) {
+        if let Some(state) = self.pools.get(conn.pool) {
+            // An evicted (oldest) connection is closed by dropping it here, outside the lock.
+            drop(state.idle.put(conn.backend, conn.stream, Instant::now()));
+        }
+    }
+
+    /// Closes idle connections that expired or that the backend closed.
+    pub fn sweep(&self) -> usize {
+        let now = Instant::now();
+        self.pools
+            .iter()
+            .map(|p| p.idle.sweep(now, still_open).len())
+            .sum()
+    }
+
+    /// Closes every idle connection.
+    pub fn clear(&self) {
+        for p in &self.pools {
+            drop(p.idle.clear());
+        }
+    }
+
+    /// How often [`Upstreams::sweep`] should run: a fraction of the shortest idle timeout.
+    pub fn sweep_interval(config: &Config) -> Duration {
+        let shortest = config
+            .pools
+            .iter()
+            .map(|p| p.idle_timeout)
+            .min()
+            .unwrap_or(Duration::from_secs(30));
+        (shortest / 4).clamp(Duration::from_millis(250), Duration::from_secs(15))
+    }
+}
+
+/// An idle connection is usable while reading it would block: the backend neither closed it
+/// (read returns 0) nor sent anything unasked (a stray byte would corrupt the next response).
+fn still_open(stream: &Async<TcpStream>) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.get_ref().peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn closed_idle_connections_are_noticed() {
+        smol::block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let client = Async::<TcpStream>::connect(addr).await.unwrap();
+            let (server, _) = listener.accept().unwrap();
+            assert!(still_open(&client));
+            drop(server);
+            // The FIN arrives asynchronously.
+            for _ in 0..100 {
+                if !still_open(&client) {
+                    return;
+                }
+                smol::Timer::after(Duration::from_millis(10)).await;
+            }
+            panic!("close not noticed");
+        });
+    }
+}

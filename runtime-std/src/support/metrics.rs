@@ -1,0 +1,344 @@
+//! Prometheus metrics: requests by listener, pool and status class, upstream response
+//! latency, open connections and client bytes, and the tiny `GET /metrics` responder the
+//! runtimes serve on `runtime.metrics_bind` (a separate listener, never proxied traffic).
+
+use std::time::Duration;
+
+use mxgate_core::{AccessRecord, Config};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Largest request head the metrics responder reads.
+pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// How long the metrics responder waits for a request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    listener: String,
+    pool: String,
+    status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    pool: String,
+}
+
+type HistogramFamily = Family<PoolLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // Up to five minutes: long-poll /sync takes 30 s, initial syncs much longer.
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    ])
+}
+
+/// Per-listener handles, cloned into each connection task (updates are lock-free atomics).
+#[derive(Clone, Debug, Default)]
+pub struct ListenerMetrics {
+    pub accepted: Counter,
+    pub active: Gauge,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub tls_failures: Counter,
+}
+
+impl ListenerMetrics {
+    /// Counts a connection as accepted and open until the guard drops.
+    pub fn open(&self) -> OpenConnection {
+        self.accepted.inc();
+        self.active.inc();
+        OpenConnection(self.active.clone())
+    }
+}
+
+/// Keeps a connection counted in `mxgate_active_connections`.
+#[derive(Debug)]
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// All metrics of one running proxy.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    listener_names: Vec<String>,
+    pool_names: Vec<String>,
+    requests: Family<RequestLabels, Counter>,
+    upstream_latency: HistogramFamily,
+    listeners: Vec<ListenerMetrics>,
+    connect_failures: Vec<Counter>,
+}
+
+impl Metrics {
+    pub fn new(config: &Config) -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "mxgate_requests",
+            "Finished requests by listener, upstream pool (- when answered locally) and status class",
+            requests.clone(),
+        );
+        let upstream_latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "mxgate_upstream_response_seconds",
+            "Time from sending a request upstream to the upstream's response head",
+            upstream_latency.clone(),
+        );
+        let accepted = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "mxgate_connections",
+            "Accepted client connections",
+            accepted.clone(),
+        );
+        let active = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "mxgate_active_connections",
+            "Open client connections",
+            active.clone(),
+        );
+        let bytes_in = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "mxgate_client_received_bytes",
+            "Bytes received from clients (after TLS)",
+            bytes_in.clone(),
+        );
+        let bytes_out = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "mxgate_client_sent_bytes",
+            "Bytes sent to clients (before TLS)",
+            bytes_out.clone(),
+        );
+        let tls_failures = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "mxgate_tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            tls_failures.clone(),
+        );
+        let connect_failures = Family::<PoolLabels, Counter>::default();
+        registry.register(
+            "mxgate_upstream_connect_failures",
+            "Attempts to connect to a backend that failed",
+            connect_failures.clone(),
+        );
+
+        let listener_names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
+        let pool_names: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
+        let listeners = listener_names
+            .iter()
+            .map(|name| {
+                let labels = ListenerLabels {
+                    listener: name.clone(),
+                };
+                ListenerMetrics {
+                    accepted: accepted.get_or_create_owned(&labels),
+                    active: active.get_or_create_owned(&labels),
+                    bytes_in: bytes_in.get_or_create_owned(&labels),
+                    bytes_out: bytes_out.get_or_create_owned(&labels),
+                    tls_failures: tls_failures.get_or_create_owned(&labels),
+                }
+            })
+            .collect();
+        let connect_failures = pool_names
+            .iter()
+            .map(|name| connect_failures.get_or_create_owned(&PoolLabels { pool: name.clone() }))
+            .collect();
+        Metrics {
+            registry,
+            listener_names,
+            pool_names,
+            requests,
+            upstream_latency,
+            listeners,
+            connect_failures,
+        }
+    }
+
+    /// Handles for connections of listener `id` (no-op handles for an unknown id).
+    pub fn listener(&self, id: usize) -> ListenerMetrics {
+        self.listeners.get(id).cloned().unwrap_or_default()
+    }
+
+    /// Counts one finished exchange.
+    pub fn record(&self, record: &AccessRecord) {
+        let listener = self
+            .listener_names
+            .get(record.listener)
+            .cloned()
+            .unwrap_or_else(|| "-".into());
+        let pool = record.pool.and_then(|p| self.pool_names.get(p));
+        self.requests
+            .get_or_create(&RequestLabels {
+                listener,
+                pool: pool.cloned().unwrap_or_else(|| "-".into()),
+                status_class: status_class(record.status),
+            })
+            .inc();
+        if let (Some(pool), Some(d)) = (pool, record.upstream_duration) {
+            self.upstream_latency
+                .get_or_create(&PoolLabels { pool: pool.clone() })
+                .observe(d.as_secs_f64());
+        }
+    }
+
+    /// Counts a failed attempt to connect to a backend of `pool`.
+    pub fn upstream_connect_failed(&self, pool: usize) {
+        if let Some(c) = self.connect_failures.get(pool) {
+            c.inc();
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// The whole HTTP response to a request whose head is `head` (the metrics listener only
+    /// answers `GET /metrics`; the connection is closed after it).
+    pub fn respond(&self, head: &[u8]) -> Vec<u8> {
+        let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+        let mut parts = line.split(|&b| b == b' ');
+        let method = parts.next().unwrap_or_default();
+        let path = parts
+            .next()
+            .and_then(|t| t.split(|&b| b == b'?').next())
+            .unwrap_or_default();
+        let (status, content_type, body) = match (method, path) {
+            (b"GET", b"/metrics") => (
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                self.encode(),
+            ),
+            (b"GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            _ => (
+                "405 Method Not Allowed",
+                "text/plain",
+                "method not allowed\n".to_string(),
+            ),
+        };
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
+/// Whether `buf` holds a complete request head (the responder's only framing need).
+pub fn head_complete(buf: &[u8]) -> bool {
+    buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n")
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        5 => "5xx",
+        _ => "none",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(status_class(101), "1xx");
+        assert_eq!(status_class(204), "2xx");
+        assert_eq!(status_class(499), "4xx");
+        assert_eq!(status_class(504), "5xx");
+        assert_eq!(status_class(0), "none");
+    }
+
+    #[test]
+    fn head_completion() {
+        assert!(!head_complete(b"GET /metrics HTTP/1.1\r\nHost: x\r\n"));
+        assert!(head_complete(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(head_complete(b"GET /metrics HTTP/1.0\n\n"));
+    }
+}
+
+#[cfg(test)]
+mod exposition_tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::time::Instant;
+
+    #[test]
+    fn records_show_up_in_the_exposition() {
+        let metrics = Metrics::new(&crate::support::testutil::config());
+        let l = metrics.listener(0);
+        let open = l.open();
+        l.bytes_in.inc_by(100);
+        metrics.record(&AccessRecord {
+            listener: 0,
+            client: "127.0.0.1".parse().unwrap(),
+            method: Bytes::from_static(b"GET"),
+            target: Bytes::from_static(b"/_matrix/client/versions"),
+            version: "HTTP/1.1",
+            status: 200,
+            body_bytes_in: 0,
+            bytes_out: 10,
+            duration: Duration::from_millis(3),
+            upstream_duration: Some(Duration::from_millis(2)),
+            pool: Some(0),
+            request_id: Bytes::new(),
+            user_agent: Bytes::new(),
+            referer: Bytes::new(),
+            started: Instant::now(),
+        });
+        metrics.upstream_connect_failed(0);
+        let text = metrics.encode();
+        assert!(text.contains(
+            "mxgate_requests_total{listener=\"client\",pool=\"homeserver\",status_class=\"2xx\"} 1"
+        ), "{text}");
+        assert!(
+            text.contains("mxgate_active_connections{listener=\"client\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mxgate_client_received_bytes_total{listener=\"client\"} 100"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mxgate_upstream_response_seconds_count{pool=\"homeserver\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mxgate_upstream_connect_failures_total{pool=\"homeserver\"} 1"),
+            "{text}"
+        );
+        drop(open);
+        assert!(metrics
+            .encode()
+            .contains("mxgate_active_connections{listener=\"client\"} 0"));
+
+        let ok = String::from_utf8(metrics.respond(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"))
+            .unwrap();
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.contains("mxgate_requests_total"));
+        let missing = String::from_utf8(metrics.respond(b"GET / HTTP/1.1\r\n\r\n")).unwrap();
+        assert!(missing.starts_with("HTTP/1.1 404 "));
+        let post = String::from_utf8(metrics.respond(b"POST /metrics HTTP/1.1\r\n\r\n")).unwrap();
+        assert!(post.starts_with("HTTP/1.1 405 "));
+    }
+}

@@ -1,0 +1,16 @@
+//! Runtime-agnostic pieces shared by mxgate's runtimes. Nothing here is async or parses HTTP
+//! traffic: the engine in `mxgate-core` makes every proxying decision.
+
+pub mod access_log;
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod limit;
+pub mod logging;
+pub mod metrics;
+pub mod net;
+pub mod pool;
+pub mod tls;
+
+#[cfg(test)]
+mod testutil;

@@ -1,0 +1,50 @@
+//! A hand-built configuration for unit tests (no TOML parsing involved).
+
+use std::time::Duration;
+
+use mxgate_core::config::{
+    Backend, Listener, Role, Route, RouteAction, RuntimeSettings, Scheme, UpstreamPool,
+};
+use mxgate_core::Config;
+
+pub fn config() -> Config {
+    Config {
+        server_name: "example.com".into(),
+        listeners: vec![
+            Listener {
+                name: "client".into(),
+                role: Role::Client,
+                scheme: Scheme::Https,
+                bind: vec!["127.0.0.1:0".parse().unwrap()],
+                routes: vec![Route {
+                    prefix: "/_matrix".into(),
+                    action: RouteAction::Upstream(0),
+                }],
+            },
+            Listener {
+                name: "federation".into(),
+                role: Role::Federation,
+                scheme: Scheme::Http,
+                bind: vec!["127.0.0.1:0".parse().unwrap()],
+                routes: vec![],
+            },
+        ],
+        pools: vec![UpstreamPool {
+            name: "homeserver".into(),
+            backends: vec![Backend {
+                host: "localhost".into(),
+                port: 8008,
+            }],
+            max_idle_per_backend: 8,
+            idle_timeout: Duration::from_secs(30),
+        }],
+        virtual_hosts: Default::default(),
+        well_known: Default::default(),
+        limits: Default::default(),
+        timeouts: Default::default(),
+        forwarding: Default::default(),
+        admin: Default::default(),
+        tls: Default::default(),
+        runtime: RuntimeSettings::default(),
+    }
+}

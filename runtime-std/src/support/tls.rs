@@ -1,0 +1,420 @@
+//! TLS server setup: certificates chosen by SNI with a default, a self-signed development
+//! certificate when none is configured, and reloading (SIGHUP) that keeps the old
+//! certificates when the new files are unusable.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufReader};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use mxgate_core::config::{TlsFiles, TlsSettings};
+use mxgate_core::Config;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+
+/// Why TLS material could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{}: no PEM certificate found", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("{}: no PEM private key found", path.display())]
+    NoKey { path: PathBuf },
+    #[error("{} with {}: {source}", cert.display(), key.display())]
+    Unusable {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("cannot generate the development certificate: {0}")]
+    DevCert(#[from] rcgen::Error),
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// The crypto provider every TLS object here uses (ring; no process-wide default needed).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// One loaded generation of certificates.
+#[derive(Debug)]
+struct CertSet {
+    default: Arc<CertifiedKey>,
+    /// Lower-case exact names.
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.example.com` stored as `example.com`: matches exactly one more label.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+}
+
+/// The server's certificates, swappable at run time. Implements rustls's
+/// [`ResolvesServerCert`]: SNI picks a configured certificate, anything else gets the default.
+#[derive(Debug)]
+pub struct Certificates {
+    settings: TlsSettings,
+    provider: Arc<CryptoProvider>,
+    /// The generated development certificate, when no default is configured (kept across reloads).
+    dev: Option<Arc<CertifiedKey>>,
+    current: RwLock<Arc<CertSet>>,
+}
+
+impl Certificates {
+    /// Loads every configured certificate, or generates the development certificate when the
+    /// configuration names no default (logging a loud warning).
+    pub fn load(config: &Config) -> Result<Arc<Certificates>, TlsError> {
+        let provider = provider();
+        let dev = match &config.tls.default {
+            Some(_) => None,
+            None => {
+                let names = dev_cert_names(&config.server_name);
+                tracing::warn!(
+                    names = %names.join(", "),
+                    "NO TLS CERTIFICATE CONFIGURED: using a freshly generated SELF-SIGNED DEVELOPMENT \
+                     certificate. Clients will not trust it. Do not use this in production: set \
+                     [tls] cert and key."
+                );
+                Some(Arc::new(dev_certificate(&names, &provider)?))
+            }
+        };
+        let set = load_set(&config.tls, dev.as_ref(), &provider)?;
+        Ok(Arc::new(Certificates {
+            settings: config.tls.clone(),
+            provider,
+            dev,
+            current: RwLock::new(Arc::new(set)),
+        }))
+    }
+
+    /// Re-reads the certificate files. On any error the certificates in use stay as they are
+    /// and the error says why.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let set = load_set(&self.settings, self.dev.as_ref(), &self.provider)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+        Ok(())
+    }
+
+    /// A rustls server configuration using these certificates: TLS 1.2 and 1.3, ALPN
+    /// `http/1.1`, no client certificates.
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// The certificate served for an SNI name (or its absence).
+    pub fn select(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        let set = self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(name) = sni else {
+            return set.default.clone();
+        };
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(key) = set.exact.get(&name) {
+            return key.clone();
+        }
+        if let Some((_, parent)) = name.split_once('.') {
+            if let Some(key) = set.wildcard.get(parent) {
+                return key.clone();
+            }
+        }
+        set.default.clone()
+    }
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.select(client_hello.server_name()))
+    }
+}
+
+fn load_set(
+    settings: &TlsSettings,
+    dev: Option<&Arc<CertifiedKey>>,
+    provider: &CryptoProvider,
+) -> Result<CertSet, TlsError> {
+    let default = match (&settings.default, dev) {
+        (Some(files), _) => Arc::new(load_pair(files, provider)?),
+        (None, Some(dev)) => dev.clone(),
+        (None, None) => {
+            return Err(TlsError::Config(rustls::Error::General(
+                "no default certificate".into(),
+            )))
+        }
+    };
+    let mut set = CertSet {
+        default,
+        exact: HashMap::new(),
+        wildcard: HashMap::new(),
+    };
+    for sni in &settings.sni {
+        let key = Arc::new(load_pair(&sni.files, provider)?);
+        for name in &sni.names {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            match name.strip_prefix("*.") {
+                Some(parent) => set.wildcard.insert(parent.to_string(), key.clone()),
+                None => set.exact.insert(name, key.clone()),
+            };
+        }
+    }
+    Ok(set)
+}
+
+/// Reads a PEM certificate chain and its private key, checking that they belong together.
+pub fn load_pair(files: &TlsFiles, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
+    let chain = rustls_pemfile::certs(&mut open(&files.cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Read {
+            path: files.cert.clone(),
+            source,
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: files.cert.clone(),
+        });
+    }
+    let key = rustls_pemfile::private_key(&mut open(&files.key)?)
+        .map_err(|source| TlsError::Read {
+            path: files.key.clone(),
+            source,
+        })?
+        .ok_or_else(|| TlsError::NoKey {
+            path: files.key.clone(),
+        })?;
+    CertifiedKey::from_der(chain, key, provider).map_err(|source| TlsError::Unusable {
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+        source,
+    })
+}
+
+fn open(path: &Path) -> Result<BufReader<File>, TlsError> {
+    File::open(path)
+        .map(BufReader::new)
+        .map_err(|source| TlsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn dev_cert_names(server_name: &str) -> Vec<String> {
+    let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let server_name = server_name.to_ascii_lowercase();
+    if !server_name.is_empty() && !names.contains(&server_name) {
+        names.push(server_name);
+    }
+    names
+}
+
+/// A self-signed certificate for `names` (IP literals become IP subject alternative names).
+fn dev_certificate(names: &[String], provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
+    let generated = rcgen::generate_simple_self_signed(names.to_vec())?;
+    let cert = generated.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(generated.key_pair.serialize_der().into());
+    CertifiedKey::from_der(vec![cert], key, provider).map_err(TlsError::Config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mxgate_core::config::SniCertificate;
+
+    fn write_pair(dir: &Path, stem: &str, names: &[&str]) -> TlsFiles {
+        let generated = rcgen::generate_simple_self_signed(
+            names.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let cert = dir.join(format!("{stem}.crt"));
+        let key = dir.join(format!("{stem}.key"));
+        std::fs::write(&cert, generated.cert.pem()).unwrap();
+        std::fs::write(&key, generated.key_pair.serialize_pem()).unwrap();
+        TlsFiles { cert, key }
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("mxgate-tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn certs(settings: TlsSettings) -> Arc<Certificates> {
+        let provider = provider();
+        let set = load_set(&settings, None, &provider).unwrap();
+        Arc::new(Certificates {
+            settings,
+            provider,
+            dev: None,
+            current: RwLock::new(Arc::new(set)),
+        })
+    }
+
+    #[test]
+    fn sni_picks_exact_then_wildcard_then_default() {
+        let dir = temp_dir("sni");
+        let settings = TlsSettings {
+            default: Some(write_pair(&dir, "default", &["example.com"])),
+            sni: vec![
+                SniCertificate {
+                    names: vec!["Matrix.Example.org".into()],
+                    files: write_pair(&dir, "matrix", &["matrix.example.org"]),
+                },
+                SniCertificate {
+                    names: vec!["*.example.net".into()],
+                    files: write_pair(&dir, "wild", &["*.example.net"]),
+                },
+            ],
+        };
+        let certs = certs(settings);
+        let default = certs.select(None);
+        let matrix = certs.select(Some("matrix.example.org."));
+        let wild = certs.select(Some("a.example.net"));
+        assert!(Arc::ptr_eq(&certs.select(Some("other.test")), &default));
+        assert!(!Arc::ptr_eq(&matrix, &default));
+        assert!(!Arc::ptr_eq(&wild, &default));
+        assert!(!Arc::ptr_eq(&wild, &matrix));
+        // A wildcard covers one label only.
+        assert!(Arc::ptr_eq(
+            &certs.select(Some("a.b.example.net")),
+            &default
+        ));
+        assert!(Arc::ptr_eq(&certs.select(Some("example.net")), &default));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn reload_swaps_good_files_and_keeps_old_on_bad_ones() {
+        let dir = temp_dir("reload");
+        let files = write_pair(&dir, "default", &["example.com"]);
+        let certs = certs(TlsSettings {
+            default: Some(files.clone()),
+            sni: vec![],
+        });
+        let first = certs.select(None);
+        // Good new files: swapped.
+        write_pair(&dir, "default", &["example.com"]);
+        certs.reload().unwrap();
+        let second = certs.select(None);
+        assert_ne!(first.cert, second.cert);
+        // A key that does not belong to the certificate: refused, old kept.
+        let other = write_pair(&dir, "other", &["example.com"]);
+        std::fs::copy(&other.key, &files.key).unwrap();
+        assert!(matches!(certs.reload(), Err(TlsError::Unusable { .. })));
+        // Missing file: refused, old kept.
+        std::fs::remove_file(&files.cert).unwrap();
+        assert!(matches!(certs.reload(), Err(TlsError::Read { .. })));
+        assert_eq!(certs.select(None).cert, second.cert);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn dev_certificate_covers_loopback_names() {
+        let names = dev_cert_names("Example.com");
+        assert_eq!(names, ["localhost", "127.0.0.1", "::1", "example.com"]);
+        let key = dev_certificate(&names, &provider()).unwrap();
+        assert_eq!(key.cert.len(), 1);
+    }
+
+    #[test]
+    fn handshake_negotiates_http11_over_tls13_and_tls12() {
+        use rustls::client::danger::{
+            HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+        };
+        use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+        use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, ServerConnection};
+
+        #[derive(Debug)]
+        struct AcceptAny(Arc<CryptoProvider>);
+        impl ServerCertVerifier for AcceptAny {
+            fn verify_server_cert(
+                &self,
+                _: &CertificateDer<'_>,
+                _: &[CertificateDer<'_>],
+                _: &ServerName<'_>,
+                _: &[u8],
+                _: UnixTime,
+            ) -> Result<ServerCertVerified, rustls::Error> {
+                Ok(ServerCertVerified::assertion())
+            }
+            fn verify_tls12_signature(
+                &self,
+                m: &[u8],
+                c: &CertificateDer<'_>,
+                d: &DigitallySignedStruct,
+            ) -> Result<HandshakeSignatureValid, rustls::Error> {
+                rustls::crypto::verify_tls12_signature(
+                    m,
+                    c,
+                    d,
+                    &self.0.signature_verification_algorithms,
+                )
+            }
+            fn verify_tls13_signature(
+                &self,
+                m: &[u8],
+                c: &CertificateDer<'_>,
+                d: &DigitallySignedStruct,
+            ) -> Result<HandshakeSignatureValid, rustls::Error> {
+                rustls::crypto::verify_tls13_signature(
+                    m,
+                    c,
+                    d,
+                    &self.0.signature_verification_algorithms,
+                )
+            }
+            fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+                self.0.signature_verification_algorithms.supported_schemes()
+            }
+        }
+
+        let provider = provider();
+        let dev = Arc::new(dev_certificate(&dev_cert_names("localhost"), &provider).unwrap());
+        let settings = TlsSettings::default();
+        let set = load_set(&settings, Some(&dev), &provider).unwrap();
+        let certs = Arc::new(Certificates {
+            settings,
+            provider: provider.clone(),
+            dev: Some(dev),
+            current: RwLock::new(Arc::new(set)),
+        });
+        let server_config = certs.server_config().unwrap();
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let mut client_config = ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAny(provider.clone())))
+                .with_no_client_auth();
+            client_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            let mut client =
+                ClientConnection::new(Arc::new(client_config), "localhost".try_into().unwrap())
+                    .unwrap();
+            let mut server = ServerConnection::new(server_config.clone()).unwrap();
+            for _ in 0..10 {
+                let mut wire = Vec::new();
+                client.write_tls(&mut wire).unwrap();
+                server.read_tls(&mut wire.as_slice()).unwrap();
+                server.process_new_packets().unwrap();
+                let mut wire = Vec::new();
+                server.write_tls(&mut wire).unwrap();
+                client.read_tls(&mut wire.as_slice()).unwrap();
+                client.process_new_packets().unwrap();
+            }
+            assert!(!client.is_handshaking() && !server.is_handshaking());
+            assert_eq!(server.alpn_protocol(), Some(&b"http/1.1"[..]));
+            assert_eq!(server.protocol_version(), Some(version.version));
+        }
+    }
+}
