@@ -241,13 +241,13 @@ impl Connection {
                 self.close();
             }
             State::Exchange(ex) => {
-                // A half-close after a complete request: answer it, then close.
+                // The client is gone (clients rarely half-close; a closed long-poll is the
+                // common case): abandon the exchange rather than hold an upstream
+                // connection for a response nobody reads. nginx does the same by default.
                 ex.close_after = true;
-                if !ex.request_done() {
-                    // The request will never be complete: abandon it.
-                    ex.upstream_spoiled = true;
-                    self.end_exchange(now, 0);
-                }
+                ex.upstream_spoiled = true;
+                let status = ex.status;
+                self.end_exchange(now, status);
             }
         }
     }

@@ -621,3 +621,15 @@ fn pipelined_bytes_are_bounded() {
     }
     assert!(sent * get("/_matrix/b").len() >= 64 * 1024);
 }
+
+#[test]
+fn client_closing_during_a_long_poll_frees_the_upstream() {
+    let mut h = Harness::new(CLIENT_HTTPS, "203.0.113.5");
+    h.client(get("/_matrix/client/v3/sync?timeout=30000").as_bytes())
+        .connected(false)
+        .client_eof();
+    assert_eq!(h.upstreams[0].released, Some(false), "not held for 180 s");
+    assert!(h.client_closed);
+    assert_eq!(h.logs.len(), 1);
+    assert_eq!(h.logs[0].status, 0, "no response reached the client");
+}
