@@ -19,6 +19,7 @@ use crate::output::{AccessRecord, Output, TimerKind};
 use crate::rewrite::{self, ClientFraming};
 use crate::route::{self, Decision, WellKnownDoc};
 use crate::timer::Timers;
+use crate::workers::hash::RequestParts;
 
 /// The engine for one client connection.
 ///
@@ -114,6 +115,8 @@ struct Exchange {
     head: RequestHead,
     identity: ClientIdentity,
     pool: PoolId,
+    /// The backend of `pool` chosen for this exchange (counted in its in-flight counter).
+    backend: usize,
     upstream_head: Bytes,
     body: RequestBodyState,
     body_bytes_in: u64,
@@ -263,11 +266,13 @@ impl Connection {
         }
         ex.upstream = Upstream::Connected { reused };
         ex.sent_upstream_at = Some(now);
+        let pool = ex.pool;
+        let timeout = self.response_timeout(pool);
         self.timers.stop(TimerKind::UpstreamConnect);
-        self.timers.set(
-            TimerKind::UpstreamResponse,
-            now + self.config.timeouts.upstream_response,
-        );
+        self.timers.set(TimerKind::UpstreamResponse, now + timeout);
+        let State::Exchange(ex) = &mut self.state else {
+            return;
+        };
         self.outputs
             .push_back(Output::ToUpstream(ex.upstream_head.clone()));
         if !ex.request_done() {
@@ -305,10 +310,9 @@ impl Connection {
                 .push_back(Output::ToClient(Bytes::copy_from_slice(data))),
             State::Exchange(ex) if matches!(ex.upstream, Upstream::Connected { .. }) => {
                 ex.urx.extend_from_slice(data);
-                self.timers.set(
-                    TimerKind::UpstreamResponse,
-                    now + self.config.timeouts.upstream_response,
-                );
+                let pool = ex.pool;
+                let timeout = self.response_timeout(pool);
+                self.timers.set(TimerKind::UpstreamResponse, now + timeout);
                 self.progress_response(now);
             }
             _ => {}
@@ -355,12 +359,15 @@ impl Connection {
                 ex.upstream = Upstream::Connecting { fresh: true };
                 ex.upstream_spoiled = false;
                 ex.sent_upstream_at = None;
-                let pool = ex.pool;
+                let (pool, backend) = (ex.pool, ex.backend);
                 self.timers.stop(TimerKind::UpstreamResponse);
                 self.outputs
                     .push_back(Output::ReleaseUpstream { reusable: false });
-                self.outputs
-                    .push_back(Output::ConnectUpstream { pool, fresh: true });
+                self.outputs.push_back(Output::ConnectUpstream {
+                    pool,
+                    backend,
+                    fresh: true,
+                });
                 self.timers.set(
                     TimerKind::UpstreamConnect,
                     now + self.config.timeouts.upstream_connect,
@@ -798,12 +805,15 @@ impl Connection {
         );
         let retryable = head.is_idempotent() && matches!(body, RequestBodyState::Done);
         let close_after = head.close || self.shutting_down || self.client_eof;
+        let (pool, backend) = self.choose_backend(&head, identity.client, pool);
+        config.pools[pool].balancer.counters().started(backend);
         self.exchanges += 1;
         self.state = State::Exchange(Box::new(Exchange {
             started,
             head,
             identity,
             pool,
+            backend,
             upstream_head,
             body,
             body_bytes_in: 0,
@@ -822,12 +832,47 @@ impl Connection {
             close_after,
             upstream_spoiled: false,
         }));
-        self.outputs
-            .push_back(Output::ConnectUpstream { pool, fresh: false });
+        self.outputs.push_back(Output::ConnectUpstream {
+            pool,
+            backend,
+            fresh: false,
+        });
         self.timers.set(
             TimerKind::UpstreamConnect,
             now + config.timeouts.upstream_connect,
         );
+    }
+
+    /// The pool and backend for a request routed to `pool`: with Synapse workers
+    /// configured, requests for the main process go to the worker pool that claims them;
+    /// the pool's policy picks the backend; a pool with no healthy backend falls back to
+    /// the main process.
+    fn choose_backend(&self, head: &RequestHead, client: IpAddr, pool: PoolId) -> (PoolId, usize) {
+        let config = &self.config;
+        let parts = RequestParts::from_head(head, client);
+        let mut chosen = pool;
+        let mut sticky = None;
+        if let Some(workers) = config.workers.as_ref().filter(|w| w.main == pool) {
+            let matched = workers.router.route(head.method(), head.target());
+            if let Some(p) = config.pool_for_role(matched.role) {
+                chosen = p;
+                sticky = matched.sticky;
+            }
+        }
+        if let Some(backend) = config.pools[chosen].balancer.pick(sticky, &parts) {
+            return (chosen, backend);
+        }
+        let fallback = config.workers.as_ref().map_or(chosen, |w| w.main);
+        let balancer = &config.pools[fallback].balancer;
+        // Nothing healthy anywhere: still try; a 502 says more than a refusal.
+        (fallback, balancer.pick(None, &parts).unwrap_or(0))
+    }
+
+    /// The response timeout for the exchange's pool.
+    fn response_timeout(&self, pool: PoolId) -> Duration {
+        self.config.pools[pool]
+            .response_timeout
+            .unwrap_or(self.config.timeouts.upstream_response)
     }
 
     /// Passes buffered request-body bytes upstream, re-framing chunked bodies.
@@ -1165,6 +1210,10 @@ impl Connection {
             ex.upstream = Upstream::Released;
             self.outputs.push_back(Output::ReleaseUpstream { reusable });
         }
+        self.config.pools[ex.pool]
+            .balancer
+            .counters()
+            .finished(ex.backend);
         let close = ex.close_after;
         let record = self.exchange_record(now);
         self.outputs.push_back(Output::AccessLog(Box::new(record)));
@@ -1275,6 +1324,19 @@ impl Connection {
             user_agent: head.header_bytes(b"user-agent").unwrap_or_default(),
             referer: head.header_bytes(b"referer").unwrap_or_default(),
             started,
+        }
+    }
+}
+
+impl Drop for Connection {
+    /// A connection dropped mid-exchange (drain deadline, runtime error) still leaves the
+    /// backend's in-flight count right.
+    fn drop(&mut self) {
+        if let State::Exchange(ex) = &self.state {
+            self.config.pools[ex.pool]
+                .balancer
+                .counters()
+                .finished(ex.backend);
         }
     }
 }

@@ -13,11 +13,16 @@ use crate::config::{ListenerId, PoolId};
 pub enum Output {
     /// Write these bytes to the client.
     ToClient(Bytes),
-    /// Get a connection to a backend of `pool` (backend picked by [`crate::UpstreamPool::pick_backend`]
-    /// or the runtime's own pool), then call [`crate::Connection::handle_upstream_connected`]
-    /// or [`crate::Connection::handle_upstream_failed`]. With `fresh`, a pooled idle connection
+    /// Get a connection to `backend` of `pool` (chosen by the pool's balancing policy and
+    /// health; a runtime may fail over to another backend of the pool if that one refuses),
+    /// then call [`crate::Connection::handle_upstream_connected`] or
+    /// [`crate::Connection::handle_upstream_failed`]. With `fresh`, a pooled idle connection
     /// must not be reused (this is the retry after a reused connection failed).
-    ConnectUpstream { pool: PoolId, fresh: bool },
+    ConnectUpstream {
+        pool: PoolId,
+        backend: usize,
+        fresh: bool,
+    },
     /// Write these bytes to the current upstream connection.
     ToUpstream(Bytes),
     /// The engine is done with the upstream connection: put it back in the idle pool when

@@ -56,6 +56,7 @@ pub fn config(limits: Limits) -> Config {
         scheme,
         bind: vec!["127.0.0.1:0".parse().unwrap()],
         routes: r,
+        proxy_protocol: false,
     };
     Config {
         server_name: "example.org".into(),
@@ -79,14 +80,17 @@ pub fn config(limits: Limits) -> Config {
                 routes(&["/_matrix"]),
             ),
         ],
-        pools: vec![UpstreamPool {
-            name: "homeserver".into(),
-            backends: vec![Backend {
-                host: "127.0.0.1".into(),
-                port: 8008,
-            }],
-            max_idle_per_backend: 8,
-            idle_timeout: Duration::from_secs(60),
+        pools: vec![{
+            let mut pool = UpstreamPool::new(
+                "homeserver",
+                vec![Backend {
+                    host: "127.0.0.1".into(),
+                    port: 8008,
+                }],
+            );
+            pool.max_idle_per_backend = 8;
+            pool.idle_timeout = Duration::from_secs(60);
+            pool
         }],
         virtual_hosts: VirtualHosts::default(),
         well_known: WellKnown {
@@ -110,6 +114,7 @@ pub fn config(limits: Limits) -> Config {
         },
         tls: TlsSettings::default(),
         runtime: RuntimeSettings::default(),
+        workers: None,
     }
 }
 
@@ -220,10 +225,12 @@ pub struct Driver {
     heap_base: Option<usize>,
     largest_piece: usize,
     pub max_engine_heap: usize,
+    /// Times the driver had client bytes but the engine did not want them.
+    pub backpressure: usize,
 }
 
 /// Heap the engine may hold beyond its input: limits plus buffers' slack.
-const HEAP_SLACK: usize = 48 * 1024;
+const HEAP_SLACK: usize = 16 * 1024;
 
 impl Driver {
     pub fn new(config: Config, listener: ListenerId, peer: &str, replies: Vec<Reply>) -> Self {
@@ -259,6 +266,7 @@ impl Driver {
             heap_base: None,
             largest_piece: 0,
             max_engine_heap: 0,
+            backpressure: 0,
         };
         d.drain();
         d.heap_base = super::live_heap_bytes().map(|b| b.saturating_sub(d.own_heap()));
@@ -313,7 +321,7 @@ impl Driver {
                     assert!(!self.client_closed, "bytes to a closed client");
                     self.to_client.extend_from_slice(&b);
                 }
-                Output::ConnectUpstream { pool, fresh } => {
+                Output::ConnectUpstream { pool, fresh, .. } => {
                     assert_eq!(pool, 0, "unknown pool");
                     assert!(self.pending_connect.is_none(), "two connects at once");
                     assert!(self.held.is_none(), "connect while holding a connection");
@@ -629,6 +637,7 @@ impl Driver {
                 break;
             }
             if !self.conn.wants_client_read() {
+                self.backpressure += 1;
                 if !self.fire_timer() {
                     break;
                 }

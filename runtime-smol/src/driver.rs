@@ -274,7 +274,7 @@ impl Driver {
     /// produced (write failures, the outcome of a connect), until the engine has nothing more.
     async fn drain(&mut self) {
         loop {
-            let mut connect: Option<(PoolId, bool)> = None;
+            let mut connect: Option<(PoolId, usize, bool)> = None;
             while let Some(output) = self.conn.poll_output() {
                 match output {
                     Output::ToClient(bytes) => {
@@ -294,9 +294,13 @@ impl Driver {
                         ),
                     },
                     Output::AccessLog(record) => self.access_log(&record),
-                    Output::ConnectUpstream { pool, fresh } => {
+                    Output::ConnectUpstream {
+                        pool,
+                        backend,
+                        fresh,
+                    } => {
                         self.flush().await;
-                        connect = Some((pool, fresh));
+                        connect = Some((pool, backend, fresh));
                     }
                     Output::ReleaseUpstream { reusable } => {
                         self.flush().await;
@@ -322,8 +326,8 @@ impl Driver {
                     continue;
                 }
             }
-            if let Some((pool, fresh)) = connect {
-                self.connect(pool, fresh).await;
+            if let Some((pool, backend, fresh)) = connect {
+                self.connect(pool, backend, fresh).await;
                 continue;
             }
             return;
@@ -365,7 +369,7 @@ impl Driver {
     }
 
     /// Obtains an upstream connection within the engine's connect deadline and reports it.
-    async fn connect(&mut self, pool: PoolId, fresh: bool) {
+    async fn connect(&mut self, pool: PoolId, backend: usize, fresh: bool) {
         if self.up.take().is_some() {
             tracing::warn!(
                 "engine asked for an upstream while holding one (engine bug): closing the old one"
@@ -380,7 +384,14 @@ impl Driver {
             engine_deadline.unwrap_or(now + self.shared.config.timeouts.upstream_connect);
         let shared = self.shared.clone();
         let obtained = future::or(
-            async { Some(shared.upstreams.obtain(pool, fresh, &shared.metrics).await) },
+            async {
+                Some(
+                    shared
+                        .upstreams
+                        .obtain(pool, backend, fresh, &shared.metrics)
+                        .await,
+                )
+            },
             async {
                 Timer::at(deadline).await;
                 None

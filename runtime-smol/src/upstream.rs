@@ -50,11 +50,13 @@ impl Upstreams {
         }
     }
 
-    /// A connection to a backend of `pool`, and whether it was reused from the idle pool
-    /// (never when `fresh`). Errors when every address of every backend failed.
+    /// A connection to `backend` of `pool` (the engine's choice; the others are tried after
+    /// it as failover), and whether it was reused from the idle pool (never when `fresh`).
+    /// Errors when every address of every backend failed.
     pub async fn obtain(
         &self,
         pool: PoolId,
+        backend: usize,
         fresh: bool,
         metrics: &Metrics,
     ) -> io::Result<(UpstreamConn, bool)> {
@@ -64,7 +66,7 @@ impl Upstreams {
                 format!("no upstream pool {pool}"),
             )
         })?;
-        let order: Vec<usize> = state.idle.backend_order().collect();
+        let order: Vec<usize> = state.idle.backend_order_from(backend).collect();
         if !fresh {
             if let Some(&first) = order.first() {
                 if let Some(stream) = state.idle.take(first, Instant::now(), still_open) {

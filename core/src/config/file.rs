@@ -38,10 +38,15 @@ use http::HeaderName;
 
 use self::values::{check_host_name, parse_authority, parse_duration, parse_size, parse_url};
 use self::walk::{Fields, Node, Scalar, Source};
+use crate::workers::health::HealthConfig;
+use crate::workers::router::Router;
+use crate::workers::table::{RoleSet, WorkerRole};
+use std::sync::Arc;
+
 use super::{
     AccessLogFormat, AdminPolicy, Backend, Cidr, Config, Forwarding, Limits, Listener, PoolId,
     Role, Route, RouteAction, RuntimeSettings, Scheme, SniCertificate, Timeouts, TlsFiles,
-    TlsSettings, UpstreamPool, VirtualHosts,
+    TlsSettings, UpstreamPool, VirtualHosts, WorkerRouting,
 };
 
 /// The configuration `mxgate` runs with when given none: a development setup.
@@ -118,8 +123,21 @@ const TOP_KEYS: &[&str] = &[
     "forwarding",
     "admin",
     "runtime",
+    "workers",
 ];
-const LISTENER_KEYS: &[&str] = &["role", "bind", "tls", "name", "routes"];
+const LISTENER_KEYS: &[&str] = &["role", "bind", "tls", "name", "routes", "proxy_protocol"];
+const WORKER_KEYS: &[&str] = &[
+    "backends",
+    "policy",
+    "response_timeout",
+    "max_idle_per_backend",
+    "idle_timeout",
+    "health_interval",
+    "health_rise",
+    "health_fall",
+    "eject_after",
+    "eject_for",
+];
 const ROUTE_KEYS: &[&str] = &["prefix", "pool", "deny"];
 const UPSTREAM_KEYS: &[&str] = &["name", "backends", "max_idle_per_backend", "idle_timeout"];
 const VHOST_KEYS: &[&str] = &["names", "fallback"];
@@ -207,6 +225,7 @@ struct ListenerDraft<'a> {
     routes: Vec<Route>,
     /// Where `tls = true` is written (for "no certificate" errors), if explicit.
     tls_node: Option<Node<'a>>,
+    proxy_protocol: bool,
 }
 
 struct Parser<'s, 'a> {
@@ -222,7 +241,7 @@ impl<'a> Parser<'_, 'a> {
             Some(node) => node.boolean(src)?,
             None => false,
         };
-        let pools = self.pools()?;
+        let mut pools = self.pools()?;
         let homeserver = pools.id(HOMESERVER_POOL).ok_or_else(|| {
             self.top.missing(
                 src,
@@ -231,6 +250,7 @@ impl<'a> Parser<'_, 'a> {
                  (or an [[upstreams]] entry named \"homeserver\")",
             )
         })?;
+        let workers = self.workers(&mut pools, homeserver)?;
         let drafts = self.listeners(&pools, homeserver)?;
         let tls = self.tls()?;
         check_certificate(src, &self.top, &drafts, &tls, dev_self_signed)?;
@@ -254,7 +274,93 @@ impl<'a> Parser<'_, 'a> {
             admin,
             tls,
             runtime,
+            workers,
         })
+    }
+
+    /// `[workers.<role>]`: one pool per Synapse worker role, and the compiled route table.
+    fn workers(
+        &self,
+        pools: &mut Pools,
+        homeserver: PoolId,
+    ) -> Result<Option<WorkerRouting>, ConfigError> {
+        let src = self.src;
+        let Some(node) = self.top.get("workers") else {
+            return Ok(None);
+        };
+        let entries = node
+            .entries()
+            .ok_or_else(|| node.expected(src, "a table of [workers.<role>] tables"))?;
+        let mut roles = RoleSet::empty();
+        for (role_name, _, worker) in entries {
+            let role: WorkerRole = role_name.parse().map_err(|_| {
+                let known: Vec<&str> = WorkerRole::WORKERS.iter().map(|r| r.as_str()).collect();
+                worker.error(
+                    src,
+                    format!(
+                        "unknown worker role `{role_name}`, expected one of {}",
+                        known.join(", ")
+                    ),
+                )
+            })?;
+            if pools.id(role.as_str()).is_some() {
+                return Err(worker.error(
+                    src,
+                    format!("a pool named `{role_name}` already exists in [[upstreams]]"),
+                ));
+            }
+            let fields = worker.table(src, WORKER_KEYS)?;
+            let backends_node = fields.require(src, "backends", BACKEND)?;
+            let mut backends = Vec::new();
+            for b in backends_node.one_or_many() {
+                backends.push(backend(src, &b)?);
+            }
+            if backends.is_empty() {
+                return Err(backends_node.error(src, "a worker pool needs at least one backend"));
+            }
+            let policy = match fields.get("policy") {
+                Some(n) => n.string(src, "a balancing policy")?.parse().map_err(
+                    |e: crate::workers::balance::PolicyError| n.error(src, e.to_string()),
+                )?,
+                None => role.default_policy(),
+            };
+            let mut health = HealthConfig::default();
+            if let Some(n) = fields.get("health_interval") {
+                health.probe_interval = match n.as_str() {
+                    Some("off") => None,
+                    _ => Some(duration(src, n, true)?),
+                };
+            }
+            if let Some(n) = fields.get("health_rise") {
+                health.rise = count(src, n, 1)? as u32;
+            }
+            if let Some(n) = fields.get("health_fall") {
+                health.fall = count(src, n, 1)? as u32;
+            }
+            if let Some(n) = fields.get("eject_after") {
+                health.eject_after = count(src, n, 0)? as u32;
+            }
+            if let Some(n) = fields.get("eject_for") {
+                health.eject_for = duration(src, n, true)?;
+            }
+            let mut pool = UpstreamPool::with_policy(role.as_str(), backends, policy, health);
+            pool.role = Some(role);
+            if let Some(n) = fields.get("response_timeout") {
+                pool.response_timeout = Some(duration(src, n, true)?);
+            }
+            if let Some(n) = fields.get("max_idle_per_backend") {
+                pool.max_idle_per_backend = count(src, n, 0)?;
+            }
+            if let Some(n) = fields.get("idle_timeout") {
+                pool.idle_timeout = duration(src, n, true)?;
+            }
+            roles.insert(role);
+            pools.pools.push(pool);
+        }
+        Ok(Some(WorkerRouting {
+            router: Arc::new(Router::new(roles)),
+            main: homeserver,
+        }))
     }
 
     fn server_name(&self) -> Result<String, ConfigError> {
@@ -293,26 +399,16 @@ impl<'a> Parser<'_, 'a> {
                     Some(n) => duration(src, n, true)?,
                     None => Duration::from_secs(60),
                 };
-                pools.push(UpstreamPool {
-                    name,
-                    backends,
-                    max_idle_per_backend,
-                    idle_timeout,
-                });
+                let mut pool = UpstreamPool::new(name, backends);
+                pool.max_idle_per_backend = max_idle_per_backend;
+                pool.idle_timeout = idle_timeout;
+                pools.push(pool);
             }
         }
         if let Some(node) = self.top.get("homeserver") {
             let backend = backend(src, node)?;
             if !pools.iter().any(|p| p.name == HOMESERVER_POOL) {
-                pools.insert(
-                    0,
-                    UpstreamPool {
-                        name: HOMESERVER_POOL.into(),
-                        backends: vec![backend],
-                        max_idle_per_backend: 32,
-                        idle_timeout: Duration::from_secs(60),
-                    },
-                );
+                pools.insert(0, UpstreamPool::new(HOMESERVER_POOL, vec![backend]));
             }
         }
         Ok(Pools { pools })
@@ -334,6 +430,7 @@ impl<'a> Parser<'_, 'a> {
                     bind: on(443),
                     routes: default_routes(Role::Client, homeserver),
                     tls_node: None,
+                    proxy_protocol: false,
                 },
                 ListenerDraft {
                     name: None,
@@ -342,6 +439,7 @@ impl<'a> Parser<'_, 'a> {
                     bind: on(8448),
                     routes: default_routes(Role::Federation, homeserver),
                     tls_node: None,
+                    proxy_protocol: false,
                 },
             ]);
         };
@@ -401,6 +499,10 @@ impl<'a> Parser<'_, 'a> {
                 Some(n) => routes(src, n, pools)?,
                 None => default_routes(role, homeserver),
             };
+            let proxy_protocol = match fields.get("proxy_protocol") {
+                Some(n) => n.boolean(src)?,
+                None => false,
+            };
             drafts.push(ListenerDraft {
                 name,
                 role,
@@ -408,6 +510,7 @@ impl<'a> Parser<'_, 'a> {
                 bind,
                 routes,
                 tls_node,
+                proxy_protocol,
             });
         }
         Ok(drafts)
@@ -646,6 +749,7 @@ fn name_listeners(drafts: Vec<ListenerDraft<'_>>) -> Vec<Listener> {
                 scheme: d.scheme,
                 bind: d.bind,
                 routes: d.routes,
+                proxy_protocol: d.proxy_protocol,
             }
         })
         .collect()

@@ -4,12 +4,17 @@
 //! It is built from a TOML file by [`super::file`] (or by hand, in tests) and shared by `Arc`.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderName;
 
 use super::Cidr;
+use crate::workers::balance::{Policy, PoolRuntime};
+use crate::workers::health::{HealthConfig, HealthFlags};
+use crate::workers::router::Router;
+use crate::workers::table::WorkerRole;
 
 /// Index of a listener in [`Config::listeners`].
 pub type ListenerId = usize;
@@ -59,6 +64,9 @@ pub struct Listener {
     pub bind: Vec<SocketAddr>,
     /// Routes in match order: the longest matching prefix wins (see [`crate::route`]).
     pub routes: Vec<Route>,
+    /// Connections start with a PROXY protocol header (v1 or v2), accepted only from
+    /// `forwarding.trusted_proxies`; the runtime reads it before TLS.
+    pub proxy_protocol: bool,
 }
 
 /// What a matched route does.
@@ -108,6 +116,60 @@ pub struct UpstreamPool {
     pub max_idle_per_backend: usize,
     /// How long an idle pooled connection is kept.
     pub idle_timeout: Duration,
+    /// The Synapse worker role this pool serves (`[workers.<role>]`), if any.
+    pub role: Option<WorkerRole>,
+    /// Overrides `timeouts.upstream_response` for this pool (initial syncs want longer).
+    pub response_timeout: Option<Duration>,
+    /// Health checks the runtime runs against the backends (`GET /health`).
+    pub health: HealthConfig,
+    /// Backend choice: policy, the health view and in-flight counters, shared by every
+    /// connection (atomics, no lock).
+    pub balancer: Arc<PoolRuntime>,
+}
+
+impl UpstreamPool {
+    /// A round-robin pool with default limits and no active health checks.
+    pub fn new(name: impl Into<String>, backends: Vec<Backend>) -> UpstreamPool {
+        UpstreamPool::with_policy(name, backends, Policy::RoundRobin, HealthConfig::passive())
+    }
+
+    pub fn with_policy(
+        name: impl Into<String>,
+        backends: Vec<Backend>,
+        policy: Policy,
+        health: HealthConfig,
+    ) -> UpstreamPool {
+        let identities = backends.iter().map(Backend::authority).collect::<Vec<_>>();
+        let flags = Arc::new(HealthFlags::new(backends.len()));
+        UpstreamPool {
+            name: name.into(),
+            max_idle_per_backend: 32,
+            idle_timeout: Duration::from_secs(60),
+            role: None,
+            response_timeout: None,
+            health,
+            balancer: Arc::new(PoolRuntime::new(identities, policy, flags)),
+            backends,
+        }
+    }
+}
+
+/// Synapse worker routing, present when `[workers.*]` pools are configured.
+#[derive(Clone)]
+pub struct WorkerRouting {
+    /// The endpoint table compiled for the configured roles.
+    pub router: Arc<Router>,
+    /// The main process's pool: unclaimed requests, and the fallback when a worker pool
+    /// has no healthy backend.
+    pub main: PoolId,
+}
+
+impl std::fmt::Debug for WorkerRouting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerRouting")
+            .field("main", &self.main)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Virtual hosts: which `Host` values this proxy serves.
@@ -279,18 +341,18 @@ pub struct Config {
     pub admin: AdminPolicy,
     pub tls: TlsSettings,
     pub runtime: RuntimeSettings,
+    /// Routing to Synapse workers; `None` sends everything to the routes' pools.
+    pub workers: Option<WorkerRouting>,
 }
 
 impl Config {
+    /// The pool serving `role`, if one is configured.
+    pub fn pool_for_role(&self, role: WorkerRole) -> Option<PoolId> {
+        self.pools.iter().position(|p| p.role == Some(role))
+    }
+
     /// Whether `ip` is in any of `set`.
     pub fn contains(set: &[Cidr], ip: IpAddr) -> bool {
         set.iter().any(|c| c.contains(ip))
-    }
-}
-
-impl UpstreamPool {
-    /// Round-robin choice of a backend for the `counter`-th connection a runtime opens to this pool.
-    pub fn pick_backend(&self, counter: usize) -> &Backend {
-        &self.backends[counter % self.backends.len()]
     }
 }

@@ -32,6 +32,7 @@ pub fn config() -> Config {
         scheme,
         bind: vec!["127.0.0.1:0".parse().unwrap()],
         routes: r,
+        proxy_protocol: false,
     };
     Config {
         server_name: "example.org".into(),
@@ -55,14 +56,17 @@ pub fn config() -> Config {
                 routes(&["/_matrix"]),
             ),
         ],
-        pools: vec![UpstreamPool {
-            name: "homeserver".into(),
-            backends: vec![Backend {
-                host: "127.0.0.1".into(),
-                port: 8008,
-            }],
-            max_idle_per_backend: 8,
-            idle_timeout: Duration::from_secs(60),
+        pools: vec![{
+            let mut pool = UpstreamPool::new(
+                "homeserver",
+                vec![Backend {
+                    host: "127.0.0.1".into(),
+                    port: 8008,
+                }],
+            );
+            pool.max_idle_per_backend = 8;
+            pool.idle_timeout = Duration::from_secs(60);
+            pool
         }],
         virtual_hosts: VirtualHosts::default(),
         well_known: WellKnown {
@@ -86,6 +90,7 @@ pub fn config() -> Config {
         },
         tls: TlsSettings::default(),
         runtime: RuntimeSettings::default(),
+        workers: None,
     }
 }
 
@@ -139,7 +144,7 @@ impl Harness {
                     assert!(!self.client_closed, "bytes to a closed client");
                     self.to_client.extend_from_slice(&b)
                 }
-                Output::ConnectUpstream { pool, fresh } => {
+                Output::ConnectUpstream { pool, fresh, .. } => {
                     self.connects.push((pool, fresh));
                     self.pending_connect = true;
                 }

@@ -5,3 +5,4 @@ mod harness;
 mod properties;
 mod regressions;
 mod table;
+mod workers;

@@ -192,6 +192,11 @@ impl PoolRuntime {
         &self.health
     }
 
+    /// The shared health view, for the runtime's [`super::health::PoolHealth::with_flags`].
+    pub fn health_flags(&self) -> Arc<HealthFlags> {
+        Arc::clone(&self.health)
+    }
+
     pub fn counters(&self) -> &PoolCounters {
         &self.counters
     }

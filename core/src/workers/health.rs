@@ -126,6 +126,16 @@ pub struct HealthConfig {
     pub eject_for: Duration,
 }
 
+impl HealthConfig {
+    /// No active probes; a backend is still ejected after repeated connect failures.
+    pub fn passive() -> Self {
+        HealthConfig {
+            probe_interval: None,
+            ..HealthConfig::default()
+        }
+    }
+}
+
 impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
@@ -240,9 +250,16 @@ pub struct PoolHealth {
 impl PoolHealth {
     /// All backends up; with probes on, each is due for a probe at `now`.
     pub fn new(backends: usize, config: HealthConfig, now: Instant) -> Self {
+        PoolHealth::with_flags(Arc::new(HealthFlags::new(backends)), config, now)
+    }
+
+    /// Like [`PoolHealth::new`], publishing into existing `flags` (the ones the pool's
+    /// balancer reads: [`super::balance::PoolRuntime::health_flags`]).
+    pub fn with_flags(flags: Arc<HealthFlags>, config: HealthConfig, now: Instant) -> Self {
+        let backends = flags.len();
         let next_probe = config.probe_interval.map(|_| now);
         PoolHealth {
-            flags: Arc::new(HealthFlags::new(backends)),
+            flags,
             backends: vec![
                 Backend {
                     probe_up: true,

@@ -72,6 +72,14 @@ pub fn tune(stream: &TcpStream) -> io::Result<()> {
     socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
 }
 
+/// Whether an idle keep-alive connection, in non-blocking mode, may be reused: reading it would
+/// block, i.e. the backend neither closed it (read returns 0) nor sent anything unasked (a stray
+/// byte would corrupt the next response).
+pub fn idle_usable(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use mxgate_core::UpstreamPool;
+use mxgate_core::{Config, UpstreamPool};
 
 /// The idle connections of one upstream pool.
 #[derive(Debug)]
@@ -49,6 +49,14 @@ impl<C> IdlePool<C> {
     /// [`IdlePool::backend_order`]).
     pub fn next_counter(&self) -> usize {
         self.counter.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Backend indices to try for one connection: the engine's choice first (its balancing
+    /// policy and health decided), then the others as failover.
+    pub fn backend_order_from(&self, preferred: usize) -> impl Iterator<Item = usize> {
+        let n = self.backend_count();
+        let first = if n == 0 { 0 } else { preferred % n };
+        (0..n).map(move |i| (first + i) % n)
     }
 
     /// Backend indices to try for one connection: the round-robin pick first, then the others.
@@ -148,6 +156,18 @@ impl<C> IdlePool<C> {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<VecDeque<Idle<C>>>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// How often idle pools should be swept ([`IdlePool::sweep`]): a quarter of the shortest
+/// idle timeout, between 250 ms and 15 s.
+pub fn sweep_interval(config: &Config) -> Duration {
+    let shortest = config
+        .pools
+        .iter()
+        .map(|p| p.idle_timeout)
+        .min()
+        .unwrap_or(Duration::from_secs(30));
+    (shortest / 4).clamp(Duration::from_millis(250), Duration::from_secs(15))
 }
 
 #[cfg(test)]

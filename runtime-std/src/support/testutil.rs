@@ -20,6 +20,7 @@ pub fn config() -> Config {
                     prefix: "/_matrix".into(),
                     action: RouteAction::Upstream(0),
                 }],
+                proxy_protocol: false,
             },
             Listener {
                 name: "federation".into(),
@@ -27,16 +28,20 @@ pub fn config() -> Config {
                 scheme: Scheme::Http,
                 bind: vec!["127.0.0.1:0".parse().unwrap()],
                 routes: vec![],
+                proxy_protocol: false,
             },
         ],
-        pools: vec![UpstreamPool {
-            name: "homeserver".into(),
-            backends: vec![Backend {
-                host: "localhost".into(),
-                port: 8008,
-            }],
-            max_idle_per_backend: 8,
-            idle_timeout: Duration::from_secs(30),
+        pools: vec![{
+            let mut pool = UpstreamPool::new(
+                "homeserver",
+                vec![Backend {
+                    host: "localhost".into(),
+                    port: 8008,
+                }],
+            );
+            pool.max_idle_per_backend = 8;
+            pool.idle_timeout = Duration::from_secs(30);
+            pool
         }],
         virtual_hosts: Default::default(),
         well_known: Default::default(),
@@ -46,5 +51,6 @@ pub fn config() -> Config {
         admin: Default::default(),
         tls: Default::default(),
         runtime: RuntimeSettings::default(),
+        workers: None,
     }
 }

@@ -36,6 +36,9 @@ fn write_config(out: &mut String, c: &Config) -> fmt::Result {
         let bind: Vec<String> = l.bind.iter().map(|a| quote(&a.to_string())).collect();
         writeln!(out, "bind = [{}]", bind.join(", "))?;
         writeln!(out, "tls = {}", l.scheme == Scheme::Https)?;
+        if l.proxy_protocol {
+            writeln!(out, "proxy_protocol = true")?;
+        }
         if l.routes.is_empty() {
             writeln!(out, "routes = []")?;
         } else {
@@ -51,8 +54,14 @@ fn write_config(out: &mut String, c: &Config) -> fmt::Result {
         }
     }
 
-    for p in &c.pools {
+    for p in c.pools.iter().filter(|p| p.role.is_none()) {
         write_pool(out, p)?;
+    }
+    for p in c.pools.iter().filter(|p| p.role.is_some()) {
+        write_worker_pool(out, p)?;
+    }
+    if c.workers.is_some() {
+        write_worker_routes(out, c)?;
     }
 
     if !c.virtual_hosts.names.is_empty() || c.virtual_hosts.fallback.is_some() {
@@ -172,6 +181,54 @@ fn write_pool(out: &mut String, p: &UpstreamPool) -> fmt::Result {
     writeln!(out, "backends = {}", string_list(&backends))?;
     writeln!(out, "max_idle_per_backend = {}", p.max_idle_per_backend)?;
     writeln!(out, "idle_timeout = {}", render_duration(p.idle_timeout))
+}
+
+fn write_worker_pool(out: &mut String, p: &UpstreamPool) -> fmt::Result {
+    writeln!(out, "\n[workers.{}]", p.name)?;
+    let backends: Vec<String> = p
+        .backends
+        .iter()
+        .map(|b| format!("http://{}", b.authority()))
+        .collect();
+    writeln!(out, "backends = {}", string_list(&backends))?;
+    writeln!(out, "policy = {}", quote(&p.balancer.policy().to_string()))?;
+    if let Some(t) = p.response_timeout {
+        writeln!(out, "response_timeout = {}", render_duration(t))?;
+    }
+    writeln!(out, "max_idle_per_backend = {}", p.max_idle_per_backend)?;
+    writeln!(out, "idle_timeout = {}", render_duration(p.idle_timeout))?;
+    let h = &p.health;
+    match h.probe_interval {
+        Some(i) => writeln!(out, "health_interval = {}", render_duration(i))?,
+        None => writeln!(out, "health_interval = \"off\"")?,
+    }
+    writeln!(out, "health_rise = {}", h.rise)?;
+    writeln!(out, "health_fall = {}", h.fall)?;
+    writeln!(out, "eject_after = {}", h.eject_after)?;
+    writeln!(out, "eject_for = {}", render_duration(h.eject_for))
+}
+
+/// The worker route table as comments: which pattern goes to which pool, in the order
+/// they are tried (Synapse's table, as built in).
+fn write_worker_routes(out: &mut String, c: &Config) -> fmt::Result {
+    use crate::workers::table::{RoleSet, ENDPOINTS, SOURCE};
+    let roles: RoleSet = c.pools.iter().filter_map(|p| p.role).collect();
+    writeln!(
+        out,
+        "\n# Worker routes, in the order tried (built in from {SOURCE}):"
+    )?;
+    for e in ENDPOINTS {
+        let Some(role) = roles.resolve(e.role) else {
+            continue;
+        };
+        let only = if e.get_only { " (GET only)" } else { "" };
+        let sticky = e
+            .sticky
+            .map(|k| format!(", sticky by {k}"))
+            .unwrap_or_default();
+        writeln!(out, "#   {} -> {role}{only}{sticky}", e.pattern)?;
+    }
+    writeln!(out, "#   everything else -> homeserver")
 }
 
 fn write_files(out: &mut String, files: &TlsFiles) -> fmt::Result {

@@ -408,7 +408,7 @@ role = "federation"
     assert_eq!(e.key, "listeners[1].bnd");
     assert_eq!(
         e.message,
-        "unknown key `bnd`, expected one of role, bind, tls, name, routes (did you mean `bind`?)"
+        "unknown key `bnd`, expected one of role, bind, tls, name, routes, proxy_protocol (did you mean `bind`?)"
     );
     assert_eq!(
         e.to_string(),
