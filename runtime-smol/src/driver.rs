@@ -3,13 +3,26 @@
 //! drain outputs (performing each in order), then wait for the first of client readable,
 //! upstream readable, the engine's deadline or shutdown, and feed that back.
 //!
-//! Buffers: reads go into one 64 KiB buffer per task, allocated on the first read and
-//! released whenever the connection is idle between requests, so idle keep-alive
-//! connections hold none. Waiting is done on readiness, never on a read holding the buffer.
+//! Buffers: a connection owns no read buffer. Waiting is done on readiness; once ready, one
+//! read is attempted synchronously into the executor thread's 64 KiB buffer and its bytes are
+//! handed to the engine (which copies what it keeps) before the buffer is given back. So
+//! neither idle keep-alive connections nor held long-polls carry a read buffer, and no buffer
+//! is allocated (or zeroed) per request.
+//!
+//! Wake-ups: the engine's deadline is one `Timer` per connection, re-armed only when the
+//! deadline moves earlier (a timer firing before the engine's deadline just re-arms), because
+//! every arming of an async-io timer notifies the reactor (an eventfd write and an extra
+//! `epoll_wait` return). The shutdown signal is one listener per connection, not one per
+//! loop iteration.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -17,15 +30,40 @@ use mxgate_core::{AccessRecord, Connection, ListenerId, Output, PoolId, TimerKin
 use mxgate_std::support::metrics::ListenerMetrics;
 use mxgate_std::support::{access_log, logging};
 use smol::channel::Receiver;
-use smol::io::{AsyncReadExt, AsyncWriteExt};
+use smol::io::{AsyncRead, AsyncWriteExt};
 use smol::{future, Timer};
 
 use crate::stream::{bounded, write_queue, ClientStream};
 use crate::upstream::UpstreamConn;
 use crate::Shared;
 
-/// Size of the per-task read buffer.
+/// Size of the per-thread read buffer.
 pub(crate) const READ_BUF: usize = 64 * 1024;
+
+thread_local! {
+    /// The executor thread's read buffer, lent for one synchronous read (never across an await).
+    static READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ_BUF].into_boxed_slice());
+}
+
+/// Runs `f` with the thread's read buffer (a fresh one if it is already lent out).
+fn with_read_buf<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
+    READ_BUFFER.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => f(&mut buf[..]),
+        Err(_) => f(&mut vec![0u8; READ_BUF]),
+    })
+}
+
+/// One read attempt with the task's context: `Pending` when nothing was there after all.
+fn try_read<R: AsyncRead + Unpin>(
+    r: &mut R,
+    cx: &mut Context<'_>,
+    buf: &mut [u8],
+) -> Poll<io::Result<usize>> {
+    Pin::new(r).poll_read(cx, buf)
+}
+
+/// Resolves once the shutdown channel's sender is dropped.
+type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// After closing, how long client bytes are still read and discarded so that unread
 /// request bytes do not turn the close into a reset that destroys the response in flight.
 const LINGER: Duration = Duration::from_secs(2);
@@ -34,14 +72,17 @@ const LINGER_MAX_BYTES: usize = 1024 * 1024;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs one client connection to its end.
-pub(crate) async fn drive(
+///
+/// Not an `async fn`, and `run` borrows: the `Driver` is stored once in the task (rustc keeps
+/// both a moved-from local and the callee's by-value parameter in an async state machine).
+pub(crate) fn drive(
     shared: Arc<Shared>,
     listener: ListenerId,
     peer: IpAddr,
     client: ClientStream,
     metrics: ListenerMetrics,
     shutdown: Receiver<()>,
-) {
+) -> impl Future<Output = ()> + Send {
     let conn = Connection::new(
         shared.config.clone(),
         listener,
@@ -49,7 +90,7 @@ pub(crate) async fn drive(
         fastrand::u64(..),
         Instant::now(),
     );
-    let driver = Driver {
+    let mut driver = Driver {
         client_stall: shared.config.timeouts.client_body,
         upstream_stall: shared.config.timeouts.upstream_response,
         shared,
@@ -62,13 +103,17 @@ pub(crate) async fn drive(
         tls_socket_only: false,
         client_queue: VecDeque::new(),
         up: None,
-        buf: None,
-        shutdown: Some(shutdown),
+        shutdown: Some(Box::pin(async move {
+            // Resolves (with an error) when the sender is dropped: shutdown began.
+            let _ = shutdown.recv().await;
+        })),
         metrics,
+        timer: Timer::never(),
+        armed: None,
         fired: None,
         warned: false,
     };
-    driver.run().await;
+    async move { driver.run().await }
 }
 
 /// The upstream connection currently held for the engine.
@@ -105,19 +150,21 @@ struct Driver {
     tls_socket_only: bool,
     client_queue: VecDeque<Bytes>,
     up: Option<Upstream>,
-    buf: Option<Box<[u8]>>,
     /// `None` once `begin_shutdown` was called.
-    shutdown: Option<Receiver<()>>,
+    shutdown: Option<ShutdownSignal>,
     metrics: ListenerMetrics,
     client_stall: Duration,
     upstream_stall: Duration,
+    /// Fires at `armed` (at or before the engine's deadline).
+    timer: Timer,
+    armed: Option<Instant>,
     /// The last deadline `handle_timeout` was called for.
     fired: Option<Instant>,
     warned: bool,
 }
 
 impl Driver {
-    async fn run(mut self) {
+    async fn run(&mut self) {
         loop {
             self.drain().await;
             if self.conn.is_closed() {
@@ -135,15 +182,34 @@ impl Driver {
                 );
                 break;
             }
-            if self.conn.is_idle() && self.up.is_none() && !self.client_more {
-                self.buf = None;
+            if self.conn.is_idle() && self.client_queue.is_empty() && self.up.is_none() {
+                // An idle keep-alive connection holds no write queue either.
+                self.client_queue = VecDeque::new();
             }
             match self.wait(want_client, want_up, deadline).await {
-                Wake::Client => self.read_client().await,
-                Wake::Upstream => self.read_upstream().await,
+                Wake::Client => {
+                    future::poll_fn(|cx| {
+                        self.read_client(cx);
+                        Poll::Ready(())
+                    })
+                    .await
+                }
+                Wake::Upstream => {
+                    future::poll_fn(|cx| {
+                        self.read_upstream(cx);
+                        Poll::Ready(())
+                    })
+                    .await
+                }
                 Wake::Timer => {
-                    self.fired = deadline;
-                    self.conn.handle_timeout(Instant::now());
+                    self.armed = None;
+                    let now = Instant::now();
+                    // The timer may have been armed for an earlier deadline than the engine's
+                    // current one: then it only gets re-armed.
+                    if deadline.is_some_and(|at| at <= now) {
+                        self.fired = deadline;
+                        self.conn.handle_timeout(now);
+                    }
                 }
                 Wake::Shutdown => {
                     self.shutdown = None;
@@ -151,7 +217,9 @@ impl Driver {
                 }
             }
         }
-        self.finish().await;
+        // Boxed: the lingering close is rare and its state would otherwise enlarge every
+        // connection's task.
+        Box::pin(self.finish()).await;
     }
 
     /// The engine's next deadline, ignoring one it keeps after it was handled (no busy loop).
@@ -170,104 +238,116 @@ impl Driver {
         Some(at)
     }
 
-    async fn wait(&self, want_client: bool, want_up: bool, deadline: Option<Instant>) -> Wake {
+    async fn wait(&mut self, want_client: bool, want_up: bool, deadline: Option<Instant>) -> Wake {
+        // Re-arm only when the deadline moved earlier (or nothing is armed): a later deadline
+        // is met by re-arming when the earlier timer fires.
+        if let Some(at) = deadline {
+            if self.armed.is_none_or(|armed| at < armed) {
+                self.timer.set_at(at);
+                self.armed = Some(at);
+            }
+        }
+        let client_more = self.client_more;
+        let tls_socket_only = self.tls_socket_only;
+        let client_stream = &self.client;
         let client = async {
             if !want_client {
                 return future::pending().await;
             }
-            if !self.client_more {
+            if !client_more {
                 // An error shows up again on the read attempt.
-                let _ = self.client.ready(self.tls_socket_only).await;
+                let _ = client_stream.ready(tls_socket_only).await;
             }
             Wake::Client
         };
+        let up = &self.up;
         let upstream = async {
-            match &self.up {
+            match up {
                 Some(u) if want_up => {
                     if !u.more {
-                        let _ = u.conn.stream.readable().await;
+                        // The socket's single waker slot: see `ClientStream::poll_ready`.
+                        let _ = future::poll_fn(|cx| u.conn.stream.poll_readable(cx)).await;
                     }
                     Wake::Upstream
                 }
                 _ => future::pending().await,
             }
         };
-        let timer = async {
-            match deadline {
-                Some(at) => {
-                    Timer::at(at).await;
-                    Wake::Timer
-                }
-                None => future::pending().await,
+        let armed = self.armed.is_some();
+        let timer = &mut self.timer;
+        let timer = future::poll_fn(|cx| {
+            if armed && Pin::new(&mut *timer).poll(cx).is_ready() {
+                Poll::Ready(Wake::Timer)
+            } else {
+                Poll::Pending
             }
-        };
-        let shutdown = async {
-            match &self.shutdown {
-                Some(rx) => {
-                    // Resolves (with an error) when the sender is dropped: shutdown began.
-                    let _ = rx.recv().await;
-                    Wake::Shutdown
-                }
-                None => future::pending().await,
-            }
-        };
+        });
+        let signal = &mut self.shutdown;
+        let shutdown = future::poll_fn(|cx| match signal {
+            Some(s) => s.as_mut().poll(cx).map(|()| Wake::Shutdown),
+            None => Poll::Pending,
+        });
         future::or(future::race(upstream, client), future::or(timer, shutdown)).await
     }
 
-    async fn read_client(&mut self) {
-        let buf = self.buf.get_or_insert_with(new_buf);
-        let result = future::poll_once(self.client.read(&mut buf[..])).await;
-        let now = Instant::now();
-        match result {
-            None => {
-                self.client_more = false;
-                self.tls_socket_only = true;
+    /// One read from the client into the thread's buffer, fed to the engine.
+    fn read_client(&mut self, cx: &mut Context<'_>) {
+        with_read_buf(|buf| {
+            let result = try_read(&mut self.client, cx, buf);
+            let now = Instant::now();
+            match result {
+                Poll::Pending => {
+                    self.client_more = false;
+                    self.tls_socket_only = true;
+                }
+                Poll::Ready(Ok(0)) => {
+                    self.client_more = false;
+                    self.client_eof = true;
+                    self.conn.handle_client_eof(now);
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.client_more = n == buf.len();
+                    self.tls_socket_only = false;
+                    self.metrics.bytes_in.inc_by(n as u64);
+                    self.conn.handle_client_data(&buf[..n], now);
+                }
+                Poll::Ready(Err(err)) => {
+                    tracing::debug!(error = %err, "client read failed");
+                    self.client_more = false;
+                    self.client_eof = true;
+                    self.conn.handle_client_eof(now);
+                }
             }
-            Some(Ok(0)) => {
-                self.client_more = false;
-                self.client_eof = true;
-                self.conn.handle_client_eof(now);
-            }
-            Some(Ok(n)) => {
-                self.client_more = n == buf.len();
-                self.tls_socket_only = false;
-                self.metrics.bytes_in.inc_by(n as u64);
-                self.conn.handle_client_data(&buf[..n], now);
-            }
-            Some(Err(err)) => {
-                tracing::debug!(error = %err, "client read failed");
-                self.client_more = false;
-                self.client_eof = true;
-                self.conn.handle_client_eof(now);
-            }
-        }
+        })
     }
 
-    async fn read_upstream(&mut self) {
+    /// One read from the upstream into the thread's buffer, fed to the engine.
+    fn read_upstream(&mut self, cx: &mut Context<'_>) {
         let Some(up) = self.up.as_mut() else {
             return;
         };
-        let buf = self.buf.get_or_insert_with(new_buf);
-        let result = future::poll_once(up.conn.stream.read(&mut buf[..])).await;
-        let now = Instant::now();
-        match result {
-            None => up.more = false,
-            Some(Ok(0)) => {
-                up.more = false;
-                up.eof = true;
-                self.conn.handle_upstream_eof(now);
+        with_read_buf(|buf| {
+            let result = try_read(&mut up.conn.stream, cx, buf);
+            let now = Instant::now();
+            match result {
+                Poll::Pending => up.more = false,
+                Poll::Ready(Ok(0)) => {
+                    up.more = false;
+                    up.eof = true;
+                    self.conn.handle_upstream_eof(now);
+                }
+                Poll::Ready(Ok(n)) => {
+                    up.more = n == buf.len();
+                    self.conn.handle_upstream_data(&buf[..n], now);
+                }
+                Poll::Ready(Err(err)) => {
+                    tracing::debug!(upstream = %up.conn.addr, error = %err, "upstream read failed");
+                    up.more = false;
+                    up.eof = true;
+                    self.conn.handle_upstream_eof(now);
+                }
             }
-            Some(Ok(n)) => {
-                up.more = n == buf.len();
-                self.conn.handle_upstream_data(&buf[..n], now);
-            }
-            Some(Err(err)) => {
-                tracing::debug!(upstream = %up.conn.addr, error = %err, "upstream read failed");
-                up.more = false;
-                up.eof = true;
-                self.conn.handle_upstream_eof(now);
-            }
-        }
+        })
     }
 
     /// Drains and performs the engine's outputs, then feeds back what performing them
@@ -308,7 +388,8 @@ impl Driver {
                     }
                     Output::CloseClient => {
                         self.flush().await;
-                        self.close_client().await;
+                        // Boxed: once per connection; keeps its state out of the task.
+                        Box::pin(self.close_client()).await;
                     }
                 }
             }
@@ -383,7 +464,9 @@ impl Driver {
         let deadline =
             engine_deadline.unwrap_or(now + self.shared.config.timeouts.upstream_connect);
         let shared = self.shared.clone();
-        let obtained = future::or(
+        // Boxed: this state (connect attempts, DNS, timers) would otherwise enlarge every
+        // connection's task; an allocation per obtained connection is cheap by comparison.
+        let obtained = Box::pin(future::or(
             async {
                 Some(
                     shared
@@ -396,7 +479,7 @@ impl Driver {
                 Timer::at(deadline).await;
                 None
             },
-        )
+        ))
         .await;
         let now = Instant::now();
         match obtained {
@@ -477,7 +560,7 @@ impl Driver {
 
     /// Closes the upstream (the engine did not release it for reuse) and the client, reading
     /// and discarding what the client still sends for a moment (lingering close).
-    async fn finish(mut self) {
+    async fn finish(&mut self) {
         self.up = None;
         self.client_queue.clear();
         self.close_client().await;
@@ -485,33 +568,37 @@ impl Driver {
         if self.client_eof || self.client_broken || self.shutdown.is_none() {
             return;
         }
-        let deadline = Instant::now() + LINGER;
-        let mut small = Vec::new();
-        let buf: &mut [u8] = match self.buf.as_mut() {
-            Some(buf) => buf,
-            None => {
-                small.resize(4096, 0);
-                &mut small
-            }
-        };
+        let mut timer = Timer::at(Instant::now() + LINGER);
+        let mut socket_only = self.tls_socket_only;
         let mut discarded = 0usize;
         while discarded < LINGER_MAX_BYTES {
-            let read = future::or(
-                async { Some(self.client.read(&mut buf[..]).await) },
+            let client = &self.client;
+            let ready = future::or(
                 async {
-                    Timer::at(deadline).await;
-                    None
+                    let _ = client.ready(socket_only).await;
+                    true
+                },
+                async {
+                    (&mut timer).await;
+                    false
                 },
             )
             .await;
+            if !ready {
+                break;
+            }
+            let read = future::poll_fn(|cx| {
+                Poll::Ready(with_read_buf(|buf| try_read(&mut self.client, cx, buf)))
+            })
+            .await;
             match read {
-                Some(Ok(n)) if n > 0 => discarded += n,
-                _ => break,
+                Poll::Pending => socket_only = true,
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    socket_only = false;
+                    discarded += n;
+                }
+                Poll::Ready(_) => break,
             }
         }
     }
-}
-
-fn new_buf() -> Box<[u8]> {
-    vec![0u8; READ_BUF].into_boxed_slice()
 }

@@ -9,6 +9,7 @@
 mod driver;
 mod listener;
 mod metrics;
+mod proxied;
 mod signals;
 mod stream;
 mod upstream;
@@ -22,12 +23,13 @@ use anyhow::Context;
 use futures_rustls::TlsAcceptor;
 use mxgate_core::config::Scheme;
 use mxgate_core::Config;
+use mxgate_std::support::health::HealthChecker;
 use mxgate_std::support::limit::ConnectionLimit;
 use mxgate_std::support::metrics::Metrics;
 use mxgate_std::support::net;
 use mxgate_std::support::tls::Certificates;
 use smol::channel::{Receiver, Sender};
-use smol::{future, Async, Executor, Timer};
+use smol::{future, Async, Executor, LocalExecutor, Timer};
 
 pub use signals::terminate;
 
@@ -39,6 +41,8 @@ pub(crate) struct Shared {
     pub config: Arc<Config>,
     pub metrics: Metrics,
     pub upstreams: Upstreams,
+    /// The health thread (probes, passive ejection); stopped at shutdown.
+    pub health: HealthChecker,
     pub limit: Arc<ConnectionLimit>,
     /// Closed (its sender dropped) when shutdown begins.
     pub shutdown: Receiver<()>,
@@ -109,9 +113,13 @@ impl Server {
             None => None,
         };
         let (shutdown_tx, shutdown) = smol::channel::bounded(1);
+        let metrics = Metrics::new(&config);
+        let health = HealthChecker::spawn(&config, &metrics)
+            .context("cannot start the health checker thread")?;
         let shared = Arc::new(Shared {
-            metrics: Metrics::new(&config),
-            upstreams: Upstreams::new(&config),
+            metrics,
+            upstreams: Upstreams::new(&config, health.reporter()),
+            health,
             limit: ConnectionLimit::new(config.runtime.max_connections),
             shutdown,
             tls,
@@ -171,7 +179,12 @@ impl Server {
                 .context("cannot start executor threads")?;
             workers.push(worker);
         }
-        let result = smol::block_on(executor.run(self.main(executor.clone(), shutdown)));
+        // `main` (which awaits the signal future) runs as a (local: it need not be `Send`)
+        // task, not as the future `block_on` polls: that one is polled on every wake-up of
+        // the thread, and polling the signal stream costs a syscall (a pipe read) each time.
+        let local = LocalExecutor::new();
+        let main = local.spawn(self.main(executor.clone(), shutdown));
+        let result = smol::block_on(executor.run(local.run(main)));
         drop(stop_tx);
         for worker in workers {
             let _ = worker.join();
@@ -254,6 +267,7 @@ impl Server {
             }
         }
         shared.upstreams.clear();
+        shared.health.stop();
         Ok(())
     }
 }

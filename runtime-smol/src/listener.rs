@@ -113,15 +113,29 @@ async fn connection(
     if let Err(err) = net::tune(stream.get_ref()) {
         tracing::debug!(%peer, error = %err, "cannot set client socket options");
     }
+    // PROXY protocol listeners: the client address from the header, before TLS.
+    // Boxed: the header reader's state would otherwise be part of every connection's task
+    // for its whole life (it is only needed before the first byte).
+    let Some(peer) = Box::pin(crate::proxied::client_address(
+        &shared, listener, &stream, peer,
+    ))
+    .await
+    else {
+        return;
+    };
     let scheme = shared.config.listeners.get(listener).map(|l| l.scheme);
     let client = match (scheme, &shared.tls) {
-        (Some(Scheme::Https), Some(acceptor)) => match handshake(acceptor, stream, &shared).await {
-            Some(tls) => ClientStream::Tls(Box::new(tls)),
-            None => {
-                metrics.tls_failures.inc();
-                return;
+        // Boxed: the handshake's state (a rustls session) would otherwise be part of
+        // every connection's task for its whole life.
+        (Some(Scheme::Https), Some(acceptor)) => {
+            match Box::pin(handshake(acceptor, stream, &shared)).await {
+                Some(tls) => ClientStream::Tls(Box::new(tls)),
+                None => {
+                    metrics.tls_failures.inc();
+                    return;
+                }
             }
-        },
+        }
         _ => ClientStream::Plain(stream),
     };
     tracing::trace!(%peer, listener, "connection open");

@@ -32,14 +32,26 @@ impl ClientStream {
     /// holds decrypted bytes (or a close), else when the socket is readable; `socket_only`
     /// skips the first check after an attempt that turned out to have nothing to read.
     pub(crate) async fn ready(&self, socket_only: bool) -> io::Result<()> {
+        future::poll_fn(|cx| self.poll_ready(socket_only, cx)).await
+    }
+
+    /// [`ClientStream::ready`] as a poll function. It uses the socket's single waker slot
+    /// (`poll_readable`), which stays registered when the caller stops waiting: waiting
+    /// again from the same task then costs no `epoll_ctl` (a `readable()` future re-arms the
+    /// socket in epoll every time it is created).
+    pub(crate) fn poll_ready(
+        &self,
+        socket_only: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
         match self {
-            ClientStream::Plain(s) => s.readable().await,
+            ClientStream::Plain(s) => s.poll_readable(cx),
             ClientStream::Tls(s) => {
                 let (io, session) = s.get_ref();
                 if !socket_only && !session.wants_read() {
-                    return Ok(());
+                    return Poll::Ready(Ok(()));
                 }
-                io.readable().await
+                io.poll_readable(cx)
             }
         }
     }
@@ -118,21 +130,75 @@ const MAX_SLICES: usize = 32;
 /// Writes every queued chunk (vectored), then flushes. Each write must make progress within
 /// `stall`, else the write fails with `TimedOut`. Returns the bytes written; on error the
 /// queue holds what was not written.
+///
+/// The usual case, a socket that takes everything at once, is done in one poll without a
+/// timer; only a write that would block goes on in a boxed future with the stall bound (so
+/// the bound's state is not part of every connection's task).
 pub(crate) async fn write_queue<W: AsyncWrite + Unpin>(
     w: &mut W,
     queue: &mut VecDeque<Bytes>,
     stall: Duration,
 ) -> io::Result<u64> {
     let mut written = 0u64;
+    match future::poll_fn(|cx| Poll::Ready(write_now(w, queue, &mut written, cx))).await {
+        Some(result) => result.map(|()| written),
+        None => {
+            let rest = Box::pin(write_queue_bounded(w, queue, stall)).await?;
+            Ok(written + rest)
+        }
+    }
+}
+
+/// Writes and flushes what the writer takes now: `Some` when done (or failed), `None` when
+/// it would block (the task is then registered for writability).
+fn write_now<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    queue: &mut VecDeque<Bytes>,
+    written: &mut u64,
+    cx: &mut Context<'_>,
+) -> Option<io::Result<()>> {
     while !queue.is_empty() {
-        let n = {
-            let slices: Vec<IoSlice<'_>> = queue
-                .iter()
-                .take(MAX_SLICES)
-                .map(|b| IoSlice::new(b))
-                .collect();
-            bounded(w.write_vectored(&slices), stall).await?
-        };
+        match poll_write_queue(w, queue, cx) {
+            Poll::Ready(Ok(0)) => return Some(Err(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => {
+                *written += n as u64;
+                advance(queue, n);
+            }
+            Poll::Ready(Err(err)) => return Some(Err(err)),
+            Poll::Pending => return None,
+        }
+    }
+    match Pin::new(w).poll_flush(cx) {
+        Poll::Ready(result) => Some(result),
+        Poll::Pending => None,
+    }
+}
+
+/// One vectored write of the front of the queue.
+fn poll_write_queue<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    queue: &VecDeque<Bytes>,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+    let mut count = 0;
+    for (slot, chunk) in slices.iter_mut().zip(queue.iter()) {
+        *slot = IoSlice::new(chunk);
+        count += 1;
+    }
+    Pin::new(w).poll_write_vectored(cx, &slices[..count])
+}
+
+/// The rest of [`write_queue`], each step bounded by `stall`.
+async fn write_queue_bounded<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    queue: &mut VecDeque<Bytes>,
+    stall: Duration,
+) -> io::Result<u64> {
+    let mut written = 0u64;
+    while !queue.is_empty() {
+        let write = future::poll_fn(|cx| poll_write_queue(&mut *w, queue, cx));
+        let n = bounded(write, stall).await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }

@@ -5,3 +5,4 @@
 //! backend resolution and idle-connection bookkeeping exist exactly once.
 
 pub mod support;
+pub mod threads;

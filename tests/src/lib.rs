@@ -34,6 +34,7 @@ pub mod origin;
 pub mod pki;
 pub mod proxy;
 pub mod runtime;
+pub mod workers;
 
 use std::time::{Duration, Instant};
 

@@ -60,6 +60,8 @@ pub struct ProxyConfig {
     pub top: Vec<String>,
     /// Extra tables, `(name, body)`, rendered as `[name]\nbody` in order.
     pub sections: Vec<(String, String)>,
+    /// Extra `key = value` lines for one listener, `(index in listeners, line)`.
+    pub listener_lines: Vec<(usize, String)>,
 }
 
 fn toml_str(s: &str) -> String {
@@ -104,7 +106,14 @@ impl ProxyConfig {
             ],
             top: Vec::new(),
             sections: Vec::new(),
+            listener_lines: Vec::new(),
         }
+    }
+
+    /// Adds a `key = value` line to listener `index` (e.g. `proxy_protocol = true`).
+    pub fn listener_line(mut self, index: usize, line: &str) -> ProxyConfig {
+        self.listener_lines.push((index, line.to_string()));
+        self
     }
 
     /// Adds lines to table `[name]` (merged with earlier lines for the same table).
@@ -181,13 +190,16 @@ impl ProxyConfig {
                 );
             }
         }
-        for (l, port) in self.listeners.iter().zip(ports) {
+        for (i, (l, port)) in self.listeners.iter().zip(ports).enumerate() {
             let _ = writeln!(
                 t,
                 "\n[[listeners]]\nrole = \"{}\"\nbind = [\"127.0.0.1:{port}\"]\ntls = {}",
                 l.role.as_str(),
                 l.tls
             );
+            for (_, line) in self.listener_lines.iter().filter(|(n, _)| *n == i) {
+                let _ = writeln!(t, "{line}");
+            }
         }
         for (name, body) in &self.sections {
             let _ = writeln!(t, "\n[{name}]\n{body}");

@@ -14,9 +14,8 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The runtimes tested when `MXGATE_E2E_RUNTIMES` is not set. Add `"mxgate-std"` once the
-/// std runtime is real.
-pub const DEFAULT_RUNTIMES: &[&str] = &["mxgate"];
+/// The runtimes tested when `MXGATE_E2E_RUNTIMES` is not set.
+pub const DEFAULT_RUNTIMES: &[&str] = &["mxgate", "mxgate-std"];
 
 /// Runtime name, cargo package, binary name.
 pub const KNOWN: &[(&str, &str, &str)] = &[

@@ -374,6 +374,7 @@ fn start_proxy(rt: &Runtime, synapse_port: u16) -> ProxyHandle {
         }],
         top: Vec::new(),
         sections: Vec::new(),
+        listener_lines: Vec::new(),
     };
     let proxy = Proxy::start(rt, config);
     ProxyHandle {

@@ -34,6 +34,12 @@ struct PoolLabels {
     pool: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    pool: String,
+    backend: String,
+}
+
 type HistogramFamily = Family<PoolLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -82,6 +88,8 @@ pub struct Metrics {
     upstream_latency: HistogramFamily,
     listeners: Vec<ListenerMetrics>,
     connect_failures: Vec<Counter>,
+    /// `mxgate_backend_up`, per pool, per backend (set by `support::health`).
+    backend_up: Vec<Vec<Gauge>>,
 }
 
 impl Metrics {
@@ -136,6 +144,30 @@ impl Metrics {
             connect_failures.clone(),
         );
 
+        let backend_up_family = Family::<BackendLabels, Gauge>::default();
+        registry.register(
+            "mxgate_backend_up",
+            "Whether a backend may get traffic (1) or is down or ejected (0), from health checks and connect failures",
+            backend_up_family.clone(),
+        );
+        let backend_up = config
+            .pools
+            .iter()
+            .map(|p| {
+                p.backends
+                    .iter()
+                    .map(|b| {
+                        let gauge = backend_up_family.get_or_create_owned(&BackendLabels {
+                            pool: p.name.clone(),
+                            backend: b.authority(),
+                        });
+                        gauge.set(1);
+                        gauge
+                    })
+                    .collect()
+            })
+            .collect();
+
         let listener_names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
         let pool_names: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
         let listeners = listener_names
@@ -165,7 +197,17 @@ impl Metrics {
             upstream_latency,
             listeners,
             connect_failures,
+            backend_up,
         }
+    }
+
+    /// The `mxgate_backend_up` gauge of `backend` of `pool` (a detached one when unknown).
+    pub fn backend_up(&self, pool: usize, backend: usize) -> Gauge {
+        self.backend_up
+            .get(pool)
+            .and_then(|p| p.get(backend))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Handles for connections of listener `id` (no-op handles for an unknown id).
@@ -308,6 +350,7 @@ mod exposition_tests {
             started: Instant::now(),
         });
         metrics.upstream_connect_failed(0);
+        metrics.backend_up(0, 0).set(0);
         let text = metrics.encode();
         assert!(text.contains(
             "mxgate_requests_total{listener=\"client\",pool=\"homeserver\",status_class=\"2xx\"} 1"
@@ -326,6 +369,10 @@ mod exposition_tests {
         );
         assert!(
             text.contains("mxgate_upstream_connect_failures_total{pool=\"homeserver\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mxgate_backend_up{pool=\"homeserver\",backend=\"localhost:8008\"} 0"),
             "{text}"
         );
         drop(open);

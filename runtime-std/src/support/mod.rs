@@ -5,11 +5,13 @@ pub mod access_log;
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod health;
 pub mod limit;
 pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod pool;
+pub mod proxy_header;
 pub mod tls;
 
 #[cfg(test)]

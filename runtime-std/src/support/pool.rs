@@ -79,6 +79,30 @@ impl<C> IdlePool<C> {
         now: Instant,
         mut usable: impl FnMut(&C) -> bool,
     ) -> Option<C> {
+        self.take_with(backend, now, |conn, _| usable(conn))
+    }
+
+    /// [`IdlePool::take`], but `usable` is only asked about connections parked for at least
+    /// `check_after`: one returned a moment ago is taken as is (a liveness probe costs a
+    /// syscall per reuse, and under load connections are reused within microseconds).
+    pub fn take_recent_unchecked(
+        &self,
+        backend: usize,
+        now: Instant,
+        check_after: Duration,
+        mut usable: impl FnMut(&C) -> bool,
+    ) -> Option<C> {
+        self.take_with(backend, now, |conn, since| {
+            now.saturating_duration_since(since) < check_after || usable(conn)
+        })
+    }
+
+    fn take_with(
+        &self,
+        backend: usize,
+        now: Instant,
+        mut usable: impl FnMut(&C, Instant) -> bool,
+    ) -> Option<C> {
         let mut discard = Vec::new();
         let found = {
             let mut idle = self.lock();
@@ -86,7 +110,7 @@ impl<C> IdlePool<C> {
             let mut found = None;
             while let Some(entry) = list.pop_back() {
                 if now.saturating_duration_since(entry.since) < self.idle_timeout
-                    && usable(&entry.conn)
+                    && usable(&entry.conn, entry.since)
                 {
                     found = Some(entry.conn);
                     break;
@@ -204,6 +228,30 @@ mod tests {
         // Only `old` passes the liveness check, but it has expired.
         assert_eq!(pool.take(0, t + 10 * SEC, |c| *c == "old"), None);
         // `fresh` and `dead` were dropped as unusable, `old` as expired.
+        assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[test]
+    fn recently_parked_connections_skip_the_liveness_check() {
+        let pool = IdlePool::with_limits(1, 4, 10 * SEC);
+        let t = Instant::now();
+        pool.put(0, "old", t);
+        pool.put(0, "new", t + 5 * SEC);
+        // `new` was parked 100 ms ago: taken without asking.
+        let mut asked = Vec::new();
+        let got = pool.take_recent_unchecked(0, t + 5 * SEC + SEC / 10, SEC / 4, |c| {
+            asked.push(*c);
+            false
+        });
+        assert_eq!(got, Some("new"));
+        assert!(asked.is_empty());
+        // `old` is older than the threshold: asked, and dropped as unusable.
+        let got = pool.take_recent_unchecked(0, t + 6 * SEC, SEC / 4, |c| {
+            asked.push(*c);
+            false
+        });
+        assert_eq!(got, None);
+        assert_eq!(asked, ["old"]);
         assert_eq!(pool.idle_count(), 0);
     }
 

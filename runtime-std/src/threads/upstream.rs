@@ -1,0 +1,143 @@
+//! Upstream connections: an idle keep-alive socket of the backend the engine chose, or a new
+//! connection trying that backend then the others, every address of each, within a deadline.
+//! The bookkeeping (idle pools, address caches, health reports) is `support`'s; only the
+//! blocking calls are here.
+
+use std::io;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use mxgate_core::{Config, PoolId};
+
+use crate::support::backend::{self, BackendAddrs};
+use crate::support::health::HealthReporter;
+use crate::support::metrics::Metrics;
+use crate::support::net;
+use crate::support::pool::IdlePool;
+
+struct PoolState {
+    /// Idle sockets are kept in non-blocking mode, so that checking them never blocks.
+    idle: IdlePool<TcpStream>,
+    addrs: Vec<BackendAddrs>,
+}
+
+/// Every pool's idle connections and backend addresses.
+pub(crate) struct Upstreams {
+    pools: Vec<PoolState>,
+    /// `timeouts.upstream_connect`, shared out among the addresses of a backend.
+    connect_timeout: Duration,
+    /// A write to the upstream must make progress within `timeouts.upstream_response`.
+    write_timeout: Duration,
+    /// Connect outcomes per backend, for passive ejection.
+    health: HealthReporter,
+}
+
+impl Upstreams {
+    pub fn new(config: &Config, health: HealthReporter) -> Upstreams {
+        Upstreams {
+            pools: config
+                .pools
+                .iter()
+                .map(|p| PoolState {
+                    idle: IdlePool::new(p),
+                    addrs: p.backends.iter().map(BackendAddrs::new).collect(),
+                })
+                .collect(),
+            connect_timeout: config.timeouts.upstream_connect,
+            write_timeout: config.timeouts.upstream_response,
+            health,
+        }
+    }
+
+    /// A blocking connection to `backend` of `pool`, the others being tried after it as
+    /// failover (never a pooled one when `fresh`): the socket, the backend it is to, and
+    /// whether it was reused. Fails with `TimedOut` once `deadline` passes, or with the last
+    /// error when every address of every backend failed.
+    pub fn obtain(
+        &self,
+        pool: PoolId,
+        backend: usize,
+        fresh: bool,
+        deadline: Instant,
+        metrics: &Metrics,
+    ) -> io::Result<(TcpStream, usize, bool)> {
+        let state = &self.pools[pool];
+        let order: Vec<usize> = state.idle.backend_order_from(backend).collect();
+        if let (false, Some(&backend)) = (fresh, order.first()) {
+            if let Some(stream) = state.idle.take(backend, Instant::now(), net::idle_usable) {
+                stream.set_nonblocking(false)?;
+                return Ok((stream, backend, true));
+            }
+        }
+        let mut last_err = io::Error::new(io::ErrorKind::NotFound, "the pool has no backends");
+        for backend in order {
+            let addrs = &state.addrs[backend];
+            let candidates = match addrs.cached(Instant::now()) {
+                Some(candidates) => candidates,
+                None => match backend::resolve_blocking(&addrs.backend) {
+                    Ok(found) => {
+                        addrs.store(found.clone(), Instant::now());
+                        found
+                    }
+                    Err(err) => {
+                        tracing::warn!(backend = %addrs.backend.authority(), error = %err, "cannot resolve backend");
+                        metrics.upstream_connect_failed(pool);
+                        self.health.connect_failed(pool, backend);
+                        last_err = err;
+                        continue;
+                    }
+                },
+            };
+            // One address that drops SYNs must not use up the whole connect time: each gets a
+            // share (at least a second). Refusals fail fast anyway.
+            let share =
+                (self.connect_timeout / candidates.len().max(1) as u32).max(Duration::from_secs(1));
+            for addr in candidates {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                match TcpStream::connect_timeout(&addr, share.min(left)) {
+                    Ok(stream) => {
+                        if let Err(err) = net::tune(&stream) {
+                            tracing::debug!(%addr, error = %err, "cannot set upstream socket options");
+                        }
+                        stream.set_write_timeout(Some(self.write_timeout))?;
+                        addrs.mark_good(addr);
+                        self.health.connect_ok(pool, backend);
+                        return Ok((stream, backend, false));
+                    }
+                    Err(err) => {
+                        tracing::debug!(%addr, error = %err, "upstream connect failed");
+                        metrics.upstream_connect_failed(pool);
+                        last_err = err;
+                    }
+                }
+            }
+            // Every address of this backend failed.
+            self.health.connect_failed(pool, backend);
+        }
+        Err(last_err)
+    }
+
+    /// Parks a connection the engine called reusable (an evicted one is closed here).
+    pub fn release(&self, pool: PoolId, backend: usize, stream: TcpStream) {
+        if let (Some(state), Ok(())) = (self.pools.get(pool), stream.set_nonblocking(true)) {
+            drop(state.idle.put(backend, stream, Instant::now()));
+        }
+    }
+
+    /// Closes idle connections that expired or that the backend closed.
+    pub fn sweep(&self) {
+        for p in &self.pools {
+            drop(p.idle.sweep(Instant::now(), net::idle_usable));
+        }
+    }
+
+    /// Closes every idle connection.
+    pub fn clear(&self) {
+        for p in &self.pools {
+            drop(p.idle.clear());
+        }
+    }
+}
