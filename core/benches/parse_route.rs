@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use mxgate_core::config::{parse_config, Config};
 use mxgate_core::{Connection, Output};
 
@@ -70,6 +70,30 @@ fn proxy_once(conn: &mut Connection, request: &[u8], now: Instant) -> usize {
     sent
 }
 
+/// The request path alone: a fresh connection (made outside the timing) parses, routes
+/// and rewrites one request until its head is ready to go upstream.
+fn request_path(conn: &mut Connection, request: &[u8], now: Instant) -> usize {
+    conn.handle_client_data(request, now);
+    let mut sent = 0;
+    while let Some(out) = conn.poll_output() {
+        match out {
+            Output::ConnectUpstream { .. } => conn.handle_upstream_connected(true, now),
+            Output::ToUpstream(b) => sent += b.len(),
+            _ => {}
+        }
+    }
+    sent
+}
+
+fn bare_parse_response(response: &[u8]) -> usize {
+    let mut headers = [httparse::EMPTY_HEADER; 16];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(response) {
+        Ok(httparse::Status::Complete(n)) => n + resp.headers.len(),
+        _ => 0,
+    }
+}
+
 fn bare_parse(request: &[u8]) -> usize {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
@@ -83,26 +107,44 @@ fn benches(c: &mut Criterion) {
     let config = config();
     let now = Instant::now();
     let put = send_request();
-    let mut g = c.benchmark_group("request");
-    g.bench_function("sync_get/httparse_floor", |b| {
-        b.iter(|| bare_parse(black_box(SYNC)))
-    });
-    let mut conn = Connection::new(
-        Arc::clone(&config),
-        0,
-        "203.0.113.5".parse().unwrap(),
-        7,
-        now,
-    );
-    g.bench_function("sync_get/mxgate", |b| {
-        b.iter(|| proxy_once(&mut conn, black_box(SYNC), now))
-    });
-    g.bench_function("send_put_1k/httparse_floor", |b| {
-        b.iter(|| bare_parse(black_box(&put)))
-    });
-    g.bench_function("send_put_1k/mxgate", |b| {
-        b.iter(|| proxy_once(&mut conn, black_box(&put), now))
-    });
+    let fresh = || {
+        Connection::new(
+            Arc::clone(&config),
+            0,
+            "203.0.113.5".parse().unwrap(),
+            7,
+            now,
+        )
+    };
+
+    // parse + route + rewrite of one request, beside parsing it with httparse alone.
+    let mut g = c.benchmark_group("request_path");
+    for (name, request) in [("sync_get", SYNC), ("send_put_1k", &put[..])] {
+        g.bench_function(format!("{name}/httparse_floor"), |b| {
+            b.iter(|| bare_parse(black_box(request)))
+        });
+        g.bench_function(format!("{name}/mxgate"), |b| {
+            b.iter_batched_ref(
+                fresh,
+                |conn| request_path(conn, black_box(request), now),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+
+    // A whole keep-alive exchange (request out, response back, access record), beside
+    // httparse parsing the request and the response.
+    let mut g = c.benchmark_group("exchange");
+    let mut conn = fresh();
+    for (name, request) in [("sync_get", SYNC), ("send_put_1k", &put[..])] {
+        g.bench_function(format!("{name}/httparse_floor"), |b| {
+            b.iter(|| bare_parse(black_box(request)) + bare_parse_response(black_box(RESPONSE)))
+        });
+        g.bench_function(format!("{name}/mxgate"), |b| {
+            b.iter(|| proxy_once(&mut conn, black_box(request), now))
+        });
+    }
     g.finish();
 }
 
