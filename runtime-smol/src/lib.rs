@@ -274,7 +274,7 @@ impl Server {
 
 /// Closes idle upstream connections that expired or were closed by the backend.
 async fn sweep_idle_upstreams(shared: Arc<Shared>) {
-    let interval = Upstreams::sweep_interval(&shared.config);
+    let interval = mxgate_std::support::pool::sweep_interval(&shared.config);
     loop {
         let stop = future::or(
             async {

@@ -173,17 +173,6 @@ impl Upstreams {
             drop(p.idle.clear());
         }
     }
-
-    /// How often [`Upstreams::sweep`] should run: a fraction of the shortest idle timeout.
-    pub fn sweep_interval(config: &Config) -> Duration {
-        let shortest = config
-            .pools
-            .iter()
-            .map(|p| p.idle_timeout)
-            .min()
-            .unwrap_or(Duration::from_secs(30));
-        (shortest / 4).clamp(Duration::from_millis(250), Duration::from_secs(15))
-    }
 }
 
 /// Idle connections parked for less than this are reused without the liveness probe (a
@@ -196,8 +185,7 @@ const PROBE_AFTER: Duration = Duration::from_millis(10);
 /// An idle connection is usable while reading it would block: the backend neither closed it
 /// (read returns 0) nor sent anything unasked (a stray byte would corrupt the next response).
 fn still_open((stream, _): &IdleConn) -> bool {
-    let mut byte = [0u8; 1];
-    matches!(stream.get_ref().peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    net::idle_usable(stream.get_ref())
 }
 
 #[cfg(test)]
