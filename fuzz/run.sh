@@ -33,6 +33,14 @@ if ! cargo afl build --release --locked >out/build.log 2>&1; then
 fi
 tail -n 1 out/build.log
 
+echo "== self-tests (the reader, the heap probe, every seed)"
+if ! cargo test --release --lib --locked >out/selftest.log 2>&1; then
+    tail -n 40 out/selftest.log >&2
+    echo "the fuzz crate's self-tests failed (full log: fuzz/out/selftest.log)" >&2
+    exit 1
+fi
+grep 'test result' out/selftest.log
+
 export AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1
 # A slow first start on a loaded machine is not a failure.
 export AFL_FORKSRV_INIT_TMOUT=20000

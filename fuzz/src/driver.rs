@@ -908,6 +908,13 @@ pub fn split_responses(out: &[u8], requests: &[ClientRequest], closed: bool) -> 
         let k = r.finals.len();
         let head_request = requests.get(k).is_some_and(|q| q.head.method == b"HEAD");
         let mut read = wire::response(&out[at..], head_request, closed);
+        if requests.get(k).is_none() && !matches!(read, Read::Done(_)) {
+            // The strict reader could not read this request, so its method is unknown:
+            // the answer (to a garbled `HEAD …`, say) may have no body.
+            if let Read::Done(e) = wire::response(&out[at..], true, closed) {
+                read = Read::Done(e);
+            }
+        }
         if head_request {
             // A response to HEAD has no body. If what follows only reads as its body, the
             // engine sent one (known core bug `head-error-body`).

@@ -454,7 +454,9 @@ fn check_response_agreement(
                 assert!(client_closed, "no response and no close: {}", shown());
                 return;
             };
-            if own_error(g) && e.last.head.status != g.last.head.status {
+            // mxgate refused a response this reader accepts (it is stricter about, say, a
+            // malformed Connection list): its own error is a fine answer.
+            if own_error(g) {
                 return;
             }
             assert_eq!(
