@@ -383,7 +383,10 @@ impl Driver {
                         connect = Some((pool, backend, fresh));
                     }
                     Output::ReleaseUpstream { reusable } => {
-                        self.flush().await;
+                        // Back to the pool before the client sees the end of its response:
+                        // a client that sends its next request at once (on this or another
+                        // connection) then finds the connection idle, not still held.
+                        self.flush_upstream().await;
                         self.release_upstream(reusable);
                     }
                     Output::CloseClient => {
@@ -417,6 +420,11 @@ impl Driver {
 
     /// Writes whatever is queued for either side. A failed write marks that side broken.
     async fn flush(&mut self) {
+        self.flush_client().await;
+        self.flush_upstream().await;
+    }
+
+    async fn flush_client(&mut self) {
         if !self.client_queue.is_empty() {
             if self.client_broken || self.client_closed {
                 self.client_queue.clear();
@@ -434,6 +442,9 @@ impl Driver {
                 }
             }
         }
+    }
+
+    async fn flush_upstream(&mut self) {
         if let Some(up) = self.up.as_mut() {
             if !up.queue.is_empty() {
                 if up.broken {
