@@ -416,11 +416,19 @@ impl PoolHealth {
 
     /// The earliest instant at which `handle_timeout` or `poll_probe` has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let breakers = self.backends.iter().filter_map(|b| match b.breaker {
-            Breaker::Open { until } => Some(until),
-            Breaker::HalfOpen { since } => Some(since + self.config.eject_for),
-            Breaker::Closed => None,
-        });
+        let breakers = self
+            .backends
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| match b.breaker {
+                Breaker::Open { until } => Some(until),
+                // Only a trial in flight can time out; an untried half-open backend has
+                // nothing due (reporting its old deadline would make an owner loop spin).
+                Breaker::HalfOpen { since } if self.flags.state(i) == Availability::Trial => {
+                    Some(since + self.config.eject_for)
+                }
+                Breaker::HalfOpen { .. } | Breaker::Closed => None,
+            });
         breakers.chain(self.next_probe_due()).min()
     }
 
@@ -460,6 +468,29 @@ impl PoolHealth {
             },
         };
         self.events.push_back(event);
+    }
+}
+
+#[cfg(test)]
+mod quiet_half_open {
+    use super::*;
+
+    #[test]
+    fn an_untried_half_open_backend_has_no_past_deadline() {
+        let t0 = Instant::now();
+        let config = HealthConfig::passive();
+        let eject_for = config.eject_for;
+        let mut h = PoolHealth::new(1, config.clone(), t0);
+        for _ in 0..config.eject_after {
+            h.connect_failed(0, t0);
+        }
+        h.handle_timeout(t0 + eject_for * 2); // half-open now; nobody tries it
+        let later = t0 + eject_for * 5;
+        h.handle_timeout(later);
+        assert!(
+            h.poll_timeout().is_none_or(|t| t > later),
+            "deadline in the past: an owner loop would spin"
+        );
     }
 }
 
