@@ -1,7 +1,7 @@
 //! One client connection's state machine: requests in, decisions and bytes out.
 
+use core::net::IpAddr;
 use std::collections::VecDeque;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

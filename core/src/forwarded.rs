@@ -5,7 +5,7 @@
 //! check. So the header is replaced by the client's address; a chain is kept only when the
 //! peer is a trusted proxy, and then it starts at the right-most untrusted address.
 
-use std::net::IpAddr;
+use core::net::IpAddr;
 
 use bytes::Bytes;
 
@@ -164,5 +164,5 @@ fn parse_ip(entry: &[u8]) -> Option<IpAddr> {
         return Some(canonical_ip(ip));
     }
     let (host, _port) = s.rsplit_once(':')?;
-    host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+    host.parse::<core::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }

@@ -1,6 +1,6 @@
 //! What the engine asks its runtime to do, and the records it hands out.
 
-use std::net::IpAddr;
+use core::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;

@@ -13,7 +13,7 @@
 //! the spec lets a receiver treat as unspecified) means: keep the socket's own addresses.
 //! v2 TLVs are checked for framing and skipped.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use thiserror::Error;
 

@@ -5,7 +5,7 @@
 //! before it routes, so a raw path that mxgate sends to one place could land in another
 //! (`/_matrix/../_synapse/admin`). Such a target is refused, not forwarded.
 
-use std::net::IpAddr;
+use core::net::IpAddr;
 
 use crate::config::{Config, Listener, PoolId, RouteAction};
 

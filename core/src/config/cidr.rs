@@ -1,7 +1,7 @@
 //! IP address ranges (`10.0.0.0/8`, `::1/128`, or a bare address) for trust and allow lists.
 
+use core::net::IpAddr;
 use std::fmt;
-use std::net::IpAddr;
 use std::str::FromStr;
 
 /// An address range. A bare address is a /32 (IPv4) or /128 (IPv6).

@@ -29,8 +29,8 @@ mod values;
 mod walk;
 mod well_known;
 
+use core::net::{Ipv6Addr, SocketAddr};
 use std::collections::HashMap;
-use std::net::{Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -934,7 +934,7 @@ fn host_names(
         let check = |h: &str| -> Result<(), String> {
             if let Some(v6) = h.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
                 return v6
-                    .parse::<std::net::Ipv6Addr>()
+                    .parse::<core::net::Ipv6Addr>()
                     .map(|_| ())
                     .map_err(|_| format!("`{v6}` is not an IPv6 address"));
             }

@@ -3,7 +3,7 @@
 //! Everything here is already derived and checked: the engine never re-validates.
 //! It is built from a TOML file by [`super::file`] (or by hand, in tests) and shared by `Arc`.
 
-use std::net::{IpAddr, SocketAddr};
+use core::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! An in-memory client ↔ Connection ↔ upstream harness with hand-advanced time, so a
 //! 180-second timeout test runs in microseconds.
 
-use std::net::IpAddr;
+use core::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -215,7 +215,7 @@ impl PoolRuntime {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{IpAddr, Ipv4Addr};
+    use core::net::{IpAddr, Ipv4Addr};
     use std::time::{Duration, Instant};
 
     use super::super::health::{HealthConfig, PoolHealth};

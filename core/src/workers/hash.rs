@@ -12,9 +12,9 @@
 //! between Rust versions. Two proxies (or one after a restart or upgrade) with the same
 //! backend list route every key the same way.
 
+use core::net::IpAddr;
 use std::borrow::Cow;
 use std::fmt;
-use std::net::IpAddr;
 use std::str::FromStr;
 
 use crate::http1::request::RequestHead;
@@ -435,7 +435,7 @@ pub fn rendezvous(
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, Ipv6Addr};
+    use core::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
 

@@ -1,4 +1,4 @@
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -364,7 +364,7 @@ fn every_documented_key_overrides_the_defaults() {
     assert_eq!(t.tls_handshake, Duration::from_secs(7));
     assert_eq!(t.drain, Duration::ZERO);
 
-    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let ip = |s: &str| s.parse::<core::net::IpAddr>().unwrap();
     assert_eq!(c.forwarding.trusted_proxies.len(), 2);
     assert!(Config::contains(
         &c.forwarding.trusted_proxies,

@@ -1,6 +1,6 @@
 //! The value syntaxes of the file: sizes, durations, URLs, host names; and their rendering.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use core::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 /// `50MiB`, `8KiB`, `64K`, `1G`, `100B`, `100` → bytes. K/M/G are powers of 1024, like nginx.
