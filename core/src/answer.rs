@@ -90,6 +90,20 @@ fn itoa(n: u64) -> String {
     n.to_string()
 }
 
+/// The answer when a runtime has no room for another connection: 503, Matrix JSON with
+/// CORS, `Retry-After`, and a close.
+pub fn overloaded() -> Bytes {
+    let body = br#"{"errcode":"M_UNKNOWN","error":"Too many connections"}"#;
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n{CORS}Retry-After: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut out = BytesMut::with_capacity(head.len() + body.len());
+    out.put_slice(head.as_bytes());
+    out.put_slice(body);
+    out.freeze()
+}
+
 pub fn health(ctx: AnswerCtx<'_>) -> Bytes {
     render(200, Some("text/plain; charset=utf-8"), false, b"OK", ctx)
 }
@@ -170,4 +184,22 @@ fn json_escape(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overloaded_is_a_complete_503_with_a_json_body() {
+        let bytes = overloaded();
+        let text = std::str::from_utf8(&bytes).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "));
+        assert!(head.contains(&format!("Content-Length: {}\r\n", body.len())));
+        assert!(head.contains("Connection: close"));
+        assert!(head.contains("Access-Control-Allow-Origin: *"));
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["errcode"], "M_UNKNOWN");
+    }
 }

@@ -16,6 +16,7 @@ pub mod route;
 mod timer;
 pub mod workers;
 
+pub use answer::overloaded as overloaded_response;
 pub use config::{Config, ListenerId, PoolId, UpstreamPool};
 pub use connection::Connection;
 pub use output::{AccessRecord, Output, TimerKind};

@@ -62,16 +62,6 @@ pub const DEFAULT_THREADS: usize = 512;
 const BUSY_QUEUE: usize = 64;
 /// Bound on each read and write while answering `503`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
-/// The answer when every connection slot is taken. The engine has no API for an answer
-/// outside a connection, so it is spelled out here, in the engine's style (Matrix JSON, CORS).
-const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-Content-Type: application/json\r\n\
-Access-Control-Allow-Origin: *\r\n\
-Retry-After: 1\r\n\
-Content-Length: 54\r\n\
-Connection: close\r\n\r\n\
-{\"errcode\":\"M_UNKNOWN\",\"error\":\"Too many connections\"}";
-
 /// What a running [`serve`] can be asked, from any thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
@@ -366,19 +356,20 @@ fn busy_loop(shared: &Shared, queue: Receiver<(ListenerId, TcpStream)>) {
     }
 }
 
-/// Writes [`BUSY`] (after the TLS handshake on https listeners), then closes, lingering briefly.
+/// Writes the engine's 503 answer (after the TLS handshake on https listeners), then closes,
+/// lingering briefly.
 fn answer_busy(tls: Option<&Arc<ServerConfig>>, tcp: TcpStream) -> io::Result<()> {
     tcp.set_read_timeout(Some(BUSY_TIMEOUT))?;
     tcp.set_write_timeout(Some(BUSY_TIMEOUT))?;
     let tcp = match tls {
         None => {
-            (&tcp).write_all(BUSY)?;
+            (&tcp).write_all(&mxgate_core::overloaded_response())?;
             tcp
         }
         Some(config) => {
             let session = ServerConnection::new(config.clone()).map_err(io::Error::other)?;
             let mut stream = StreamOwned::new(session, tcp);
-            stream.write_all(BUSY)?; // completes the handshake first
+            stream.write_all(&mxgate_core::overloaded_response())?; // completes the handshake first
             stream.conn.send_close_notify();
             stream.flush()?;
             stream.sock
