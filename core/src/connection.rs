@@ -610,7 +610,10 @@ impl Connection {
             reject.reason(),
             AnswerCtx {
                 close: true,
-                head_only: &method[..] == b"HEAD",
+                // The method may be all that is readable of a refused head (a 414, say): a
+                // HEAD still gets no body.
+                head_only: &method[..] == b"HEAD"
+                    || (head.is_none() && first_token(&self.rx) == b"HEAD"),
                 request_id: None,
             },
         );
@@ -1339,6 +1342,17 @@ impl Drop for Connection {
                 .finished(ex.backend);
         }
     }
+}
+
+/// The first space-delimited token after any leading empty lines (a method, if readable).
+fn first_token(buf: &[u8]) -> &[u8] {
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    let rest = &buf[start..];
+    let end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
+    &rest[..end]
 }
 
 /// The status code of a response mxgate rendered itself.
