@@ -724,6 +724,11 @@ impl Driver {
         );
         // Each forwarded request is one the strict reader found in the client's stream, in
         // order, with the same body.
+        let body_kind = |f: wire::Framing| match f {
+            wire::Framing::Empty => 0,
+            wire::Framing::Length(_) | wire::Framing::Chunked => 1,
+            wire::Framing::UntilClose => 2,
+        };
         let mut next = 0;
         let mut last: Option<(usize, usize)> = None; // (exchange, request index)
         for f in &self.forwarded {
@@ -735,9 +740,24 @@ impl Driver {
                 // A retry: the same request again.
                 Some((exchange, i)) if exchange == f.exchange => i,
                 _ => {
-                    let found = requests.heads[next..]
+                    // Pair with a client request of the same method and target. When the
+                    // client sent several such requests and one of them never went
+                    // upstream (an earlier upstream failure closed the connection, say),
+                    // prefer the one whose body framing agrees, so that an identical
+                    // neighbour is not mistaken for it; a body that really appeared or
+                    // vanished still finds no agreeing request and fails below.
+                    let upstream_kind = match &f.request {
+                        Ok(m) => body_kind(m.framing),
+                        Err(p) => body_kind(p.framing),
+                    };
+                    let same = |r: &&ClientRequest| {
+                        r.head.method == head.method && r.head.target == head.target
+                    };
+                    let rest = &requests.heads[next..];
+                    let found = rest
                         .iter()
-                        .position(|r| r.head.method == head.method && r.head.target == head.target);
+                        .position(|r| same(&r) && r.framing.map(body_kind) == Some(upstream_kind))
+                        .or_else(|| rest.iter().position(|r| same(&r)));
                     let Some(i) = found else {
                         panic!(
                             "mxgate forwarded {} {} which a strict reader of the client's bytes does not find (it stopped: {:?})",
@@ -761,11 +781,6 @@ impl Driver {
             let upstream_framing = match &f.request {
                 Ok(m) => m.framing,
                 Err(p) => p.framing,
-            };
-            let body_kind = |f: wire::Framing| match f {
-                wire::Framing::Empty => 0,
-                wire::Framing::Length(_) | wire::Framing::Chunked => 1,
-                wire::Framing::UntilClose => 2,
             };
             assert_eq!(
                 body_kind(framing),
