@@ -7,6 +7,7 @@
 //! - [`client`]: raw TCP and rustls clients that send exact bytes and read raw responses.
 //! - [`http`]: the small HTTP/1.1 parsers the origin and the clients share.
 //! - [`runtime`]: which proxy binaries (runtimes) every scenario runs against.
+//! - [`synapse`]: real Synapse processes (and PostgreSQL, Redis) for the `synapse_*` tests.
 //!
 //! Running: `cargo test -p mxgate-e2e` (builds each runtime's binary once per test binary
 //! with a nested `cargo build`). `MXGATE_E2E_RUNTIMES=mxgate,mxgate-std` picks runtimes
@@ -34,6 +35,7 @@ pub mod origin;
 pub mod pki;
 pub mod proxy;
 pub mod runtime;
+pub mod synapse;
 pub mod workers;
 
 use std::time::{Duration, Instant};

@@ -51,6 +51,18 @@ def check(cond, msg):
         raise StepFailed(msg)
 
 
+def eventually(fetch, ok, seconds=15.0):
+    """Calls fetch() until ok(result) or `seconds` pass; returns the last result. Behind
+    Synapse workers a read can reach a worker before replication brought it the write just
+    made on another process; clients retry such reads, and so does the flow."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = fetch()
+        if ok(result) or time.monotonic() > deadline:
+            return result
+        time.sleep(0.2)
+
+
 def q(s):
     """Percent-encode one path segment completely: `!` -> %21, `:` -> %3A, `#` -> %23."""
     return urllib.parse.quote(s, safe="")
@@ -120,7 +132,8 @@ class Server:
 
     def json(self, method, path, body=None, token=None, expect=200, timeout=60.0, headers=None):
         r = self.request(method, path, body=body, token=token, timeout=timeout, headers=headers)
-        check(r.status == expect, f"{method} {path}: expected HTTP {expect}, got {r!r}")
+        # expect=None: any status (a caller polling until a read shows a write)
+        check(expect is None or r.status == expect, f"{method} {path}: expected HTTP {expect}, got {r!r}")
         return r.json()
 
     def stream_upload(self, path, size, chunk_source, token, content_type="application/octet-stream", timeout=120.0):
@@ -352,23 +365,29 @@ class Flow:
         self.room_path = f"/_matrix/client/v3/rooms/{q(self.room_id)}"
         check("%21" in self.room_path and "%3A" in self.room_path, f"room path not percent-encoded: {self.room_path}")
         # the alias resolves through the proxy (percent-encoded # and :)
-        j = self.proxy.json("GET", f"/_matrix/client/v3/directory/room/{q(self.alias)}", token=b["token"])
+        j = eventually(lambda: self.proxy.json("GET", f"/_matrix/client/v3/directory/room/{q(self.alias)}",
+                                               token=b["token"], expect=None),
+                       lambda j: "room_id" in j)
         check(j.get("room_id") == self.room_id, f"alias {self.alias} resolved to {j!r}")
         self.proxy.json("POST", f"{self.room_path}/invite", token=a["token"], body={"user_id": b["user_id"]})
         join_path = f"/_matrix/client/v3/join/{q(self.alias)}"
         check(join_path.endswith(f"%23{alias_local}%3Alocalhost"), join_path)
         j = self.proxy.json("POST", join_path, token=b["token"], body={})
         check(j.get("room_id") == self.room_id, f"join via alias gave {j!r}, want {self.room_id}")
-        j = self.proxy.json("GET", f"{self.room_path}/joined_members", token=a["token"])
-        check(set(j.get("joined", {})) == {a["user_id"], b["user_id"]}, f"joined_members: {j!r}")
+        want = {a["user_id"], b["user_id"]}
+        j = eventually(lambda: self.proxy.json("GET", f"{self.room_path}/joined_members", token=a["token"]),
+                       lambda j: set(j.get("joined", {})) == want)
+        check(set(j.get("joined", {})) == want, f"joined_members: {j!r}")
         # a room of the server's default version too, read back with /messages pagination
         j = self.proxy.json("POST", "/_matrix/client/v3/createRoom", token=a["token"], body={"preset": "private_chat"})
         rid2 = j["room_id"]
         path2 = f"/_matrix/client/v3/rooms/{q(rid2)}"
         self.proxy.json("PUT", f"{path2}/send/m.room.message/{q('t/' + self.run_id)}", token=a["token"],
                         body={"msgtype": "m.text", "body": "v12 ✓"})
-        j = self.proxy.json("GET", f"{path2}/messages?dir=b&limit=5", token=a["token"])
-        bodies = [e["content"].get("body") for e in j.get("chunk", []) if e.get("type") == "m.room.message"]
+        def message_bodies():
+            j = self.proxy.json("GET", f"{path2}/messages?dir=b&limit=5", token=a["token"])
+            return [e["content"].get("body") for e in j.get("chunk", []) if e.get("type") == "m.room.message"]
+        bodies = eventually(message_bodies, bool)
         check(bodies == ["v12 ✓"], f"/messages in {rid2}: {bodies!r}")
         return f"{self.room_id} alias {self.alias}; B joined via {join_path}; default-version room {rid2} ok"
 
