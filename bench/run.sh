@@ -9,7 +9,9 @@
 # Every argument is passed to peers.sh (see its README: --only --duration --reps --conns
 # --idle-conns --lp-conns --no-longpoll --out). Defaults added here unless given:
 # --lp-conns 2000 (issue 7 target 5). Output: the markdown table on stdout and in
-# /tmp/bench-results.md; raw results in /tmp/bench-run/raw.jsonl.
+# /tmp/bench-results.md; raw results in /tmp/bench-run/raw.jsonl. Then, unless
+# --no-lp-memory, bench/longpoll_memory.py: peak RSS of mxgate and nginx while each holds
+# 2,000 concurrent long-polls (the harness runs long-polls but does not sample memory).
 #
 # Environment:
 #   MXGATE_PEERS_BENCH  harness entry point (default: ../shared/bench/peers.sh next to the repo)
@@ -102,8 +104,10 @@ CMD="sed -e \"s#@CERT@#\${BENCH_CERT:-/tmp/bench-certs/cert.pem}#\" \
 # 4. Run the harness; mxgate is always part of --only.
 args=()
 have_lp=0
+lp_memory=1
 while [ $# -gt 0 ]; do
   case "$1" in
+    --no-lp-memory) lp_memory=0; shift ;;
     --only) args+=(--only "$2,$NAME"); shift 2 ;;
     --only=*) args+=("--only=${1#--only=},$NAME"); shift ;;
     --lp-conns|--lp-conns=*) have_lp=1; args+=("$1"); shift ;;
@@ -114,4 +118,10 @@ done
 [ $have_lp = 1 ] || args+=(--lp-conns 2000)
 
 echo "bench/run.sh: $PEERS ${args[*]} --cmd <render config; exec $BIN run --config $CONFIG> --name $NAME" >&2
-exec "$PEERS" "${args[@]}" --cmd "$CMD" --name "$NAME"
+"$PEERS" "${args[@]}" --cmd "$CMD" --name "$NAME"
+
+# 5. Memory while holding 2,000 long-polls (target 5), which the harness does not sample.
+if [ "$lp_memory" = 1 ]; then
+  echo "bench/run.sh: bench/longpoll_memory.py --bin $BIN --conns 2000" >&2
+  python3 "$REPO/bench/longpoll_memory.py" --bin "$BIN" --conns 2000
+fi
