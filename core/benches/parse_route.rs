@@ -38,16 +38,22 @@ Content-Length: {}\r\n\r\n",
     req
 }
 
-fn config() -> Arc<Config> {
-    let text = r#"
+/// The configuration of the issue-7 benchmark (`bench/run.sh`: access logging off), or
+/// with a JSON access log (the engine then builds a whole record per exchange).
+fn bench_config(access_log: &str) -> Arc<Config> {
+    let text = format!(
+        r#"
 server_name = "example.org"
 public_url = "https://matrix.example.org"
 homeserver = "http://127.0.0.1:8008"
 [tls]
 cert = "/dev/null"
 key = "/dev/null"
-"#;
-    Arc::new(parse_config(text, "bench.toml".as_ref()).expect("bench config parses"))
+[runtime]
+access_log = "{access_log}"
+"#
+    );
+    Arc::new(parse_config(&text, "bench.toml".as_ref()).expect("bench config parses"))
 }
 
 const RESPONSE: &[u8] =
@@ -104,18 +110,20 @@ fn bare_parse(request: &[u8]) -> usize {
 }
 
 fn benches(c: &mut Criterion) {
-    let config = config();
+    let config = bench_config("off");
+    let logging_config = bench_config("json");
     let now = Instant::now();
     let put = send_request();
-    let fresh = || {
+    let connection = |config: &Arc<Config>| {
         Connection::new(
-            Arc::clone(&config),
+            Arc::clone(config),
             0,
             "203.0.113.5".parse().unwrap(),
             7,
             now,
         )
     };
+    let fresh = || connection(&config);
 
     // parse + route + rewrite of one request, beside parsing it with httparse alone.
     let mut g = c.benchmark_group("request_path");
@@ -133,8 +141,8 @@ fn benches(c: &mut Criterion) {
     }
     g.finish();
 
-    // A whole keep-alive exchange (request out, response back, access record), beside
-    // httparse parsing the request and the response.
+    // A whole keep-alive exchange (request out, response back, exchange stats or access
+    // record), beside httparse parsing the request and the response.
     let mut g = c.benchmark_group("exchange");
     let mut conn = fresh();
     for (name, request) in [("sync_get", SYNC), ("send_put_1k", &put[..])] {
@@ -145,6 +153,10 @@ fn benches(c: &mut Criterion) {
             b.iter(|| proxy_once(&mut conn, black_box(request), now))
         });
     }
+    let mut logging = connection(&logging_config);
+    g.bench_function("sync_get/mxgate_access_log", |b| {
+        b.iter(|| proxy_once(&mut logging, black_box(SYNC), now))
+    });
     g.finish();
 }
 

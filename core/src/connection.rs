@@ -8,16 +8,16 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::answer::{self, AnswerCtx};
-use crate::config::{Config, ListenerId, PoolId};
-use crate::forwarded::{identify, ClientIdentity, Peer, RequestIds};
+use crate::config::{AccessLogFormat, Config, ListenerId, PoolId};
+use crate::forwarded::{self, identify, ClientIdentity, RequestId, RequestIds};
 use crate::http1::chunked::{chunk_header, ChunkedDecoder, CHUNK_END, LAST_CHUNK};
-use crate::http1::lines::{scan_head, HeadScan, ScanLimits, ScanState};
+use crate::http1::lines::{head_start, scan_head, strict_lines, HeadScan, ScanLimits, ScanState};
 use crate::http1::reject::Reject;
-use crate::http1::request::{self, RequestBody, RequestHead, Version};
+use crate::http1::request::{self, RawHeader, RequestBody, RequestHead, Version};
 use crate::http1::response::{self, ResponseBody, ResponseHead, MAX_RESPONSE_HEADERS};
-use crate::output::{AccessRecord, Output, TimerKind};
+use crate::output::{AccessRecord, ExchangeStats, Output, TimerKind};
 use crate::rewrite::{self, ClientFraming};
-use crate::route::{self, Decision, WellKnownDoc};
+use crate::route::{self, Decision, PathBuffers, WellKnownDoc};
 use crate::timer::Timers;
 use crate::workers::hash::RequestParts;
 
@@ -44,19 +44,49 @@ use crate::workers::hash::RequestParts;
 /// are answered in order.
 pub struct Connection {
     config: Arc<Config>,
-    listener: ListenerId,
-    peer: Peer,
+    /// A `ListenerId`, stored small (with `exchanges`, it packs with the peer address).
+    listener: u32,
+    /// The client address as the socket reports it, canonical.
+    peer: IpAddr,
+    /// `peer` as text, for `X-Forwarded-For`.
+    peer_text: Bytes,
     ids: RequestIds,
     /// Client bytes not yet consumed.
     rx: BytesMut,
     outputs: VecDeque<Output>,
     timers: Timers,
     state: State,
+    /// Storage reused from one exchange to the next (none while idle for long).
+    scratch: Option<Box<Scratch>>,
     client_eof: bool,
     shutting_down: bool,
     /// Exchanges started so far: tells a handler whether the exchange it began with is
     /// still the one in flight.
-    exchanges: u64,
+    exchanges: u32,
+}
+
+/// How long a keep-alive connection keeps its buffers after an exchange: a busy
+/// connection reuses them for its next request without allocating; an idle one gives them
+/// back (one allocation each on its next request).
+const IDLE_RELEASE: Duration = Duration::from_secs(1);
+
+/// Per-connection storage kept between exchanges, so that a warm keep-alive exchange
+/// allocates nothing.
+#[derive(Default)]
+struct Scratch {
+    /// Rewritten heads are written here and split off as `Bytes`. Each is written after
+    /// the one before it was sent (and dropped by the runtime), so the buffer is reclaimed
+    /// (`BytesMut::reserve` on a buffer no `Bytes` shares any more), not reallocated.
+    out: BytesMut,
+    request_headers: Vec<RawHeader>,
+    response_headers: Vec<RawHeader>,
+    paths: PathBuffers,
+    /// The last exchange, emptied, for the next one to reuse its box and `urx`.
+    exchange: Option<Box<Exchange>>,
+}
+
+fn scratch(slot: &mut Option<Box<Scratch>>) -> &mut Scratch {
+    slot.get_or_insert_with(Box::default)
 }
 
 enum State {
@@ -117,6 +147,7 @@ struct Exchange {
     pool: PoolId,
     /// The backend of `pool` chosen for this exchange (counted in its in-flight counter).
     backend: usize,
+    /// The head to send upstream, until it is sent.
     upstream_head: Bytes,
     body: RequestBodyState,
     body_bytes_in: u64,
@@ -189,10 +220,13 @@ impl Connection {
         seed: u64,
         now: Instant,
     ) -> Self {
+        let (peer, peer_text) = forwarded::peer(peer);
         let mut conn = Connection {
             config,
-            listener,
-            peer: Peer::new(peer),
+            // Listener ids index the configuration's listeners: a handful.
+            listener: u32::try_from(listener).unwrap_or(u32::MAX),
+            peer,
+            peer_text,
             ids: RequestIds::new(seed),
             rx: BytesMut::new(),
             outputs: VecDeque::new(),
@@ -202,6 +236,7 @@ impl Connection {
                 scanned: ScanState::default(),
                 receiving: true,
             },
+            scratch: None,
             exchanges: 0,
             client_eof: false,
             shutting_down: false,
@@ -274,7 +309,7 @@ impl Connection {
             return;
         };
         self.outputs
-            .push_back(Output::ToUpstream(ex.upstream_head.clone()));
+            .push_back(Output::ToUpstream(std::mem::take(&mut ex.upstream_head)));
         if !ex.request_done() {
             if ex.head.expect_continue && !ex.sent_continue && ex.head.version == Version::Http11 {
                 ex.sent_continue = true;
@@ -356,6 +391,15 @@ impl Connection {
                 // A pooled connection the upstream had already closed: the request never
                 // got there. Safe to send once more on a fresh connection (idempotent, no body).
                 ex.retried = true;
+                // The head went out with the first attempt: written again, the same.
+                ex.upstream_head = rewrite::upstream_request(
+                    &mut scratch(&mut self.scratch).out,
+                    &ex.head,
+                    &ex.identity,
+                    &self.peer_text,
+                    self.config.forwarding.request_id_header.as_str(),
+                    &self.config.server_name,
+                );
                 ex.upstream = Upstream::Connecting { fresh: true };
                 ex.upstream_spoiled = false;
                 ex.sent_upstream_at = None;
@@ -383,7 +427,19 @@ impl Connection {
         while let Some(kind) = self.timers.expired(now) {
             self.timers.stop(kind);
             match kind {
-                TimerKind::ClientIdle => self.close(),
+                TimerKind::ClientIdle => {
+                    let idle_end = match self.state {
+                        State::Head { since, .. } => since + self.config.timeouts.client_idle,
+                        _ => now,
+                    };
+                    if now < idle_end {
+                        // Only the buffer release was due: the connection stays open.
+                        self.release_buffers();
+                        self.timers.set(TimerKind::ClientIdle, idle_end);
+                    } else {
+                        self.close();
+                    }
+                }
                 TimerKind::ClientHeader => {
                     if let State::Head { .. } = self.state {
                         if self.rx.is_empty() {
@@ -484,13 +540,67 @@ impl Connection {
 
     // --------------------------------------------------------------------------- internals
 
+    fn listener(&self) -> ListenerId {
+        self.listener as ListenerId
+    }
+
+    /// Heap bytes the connection's buffers hold (not counting what `Bytes` handed out
+    /// still share).
+    #[cfg(test)]
+    pub(crate) fn held_buffer_bytes(&self) -> usize {
+        let scratch = self.scratch.as_ref().map_or(0, |s| {
+            let header = std::mem::size_of::<RawHeader>();
+            std::mem::size_of::<Scratch>()
+                + s.out.capacity()
+                + header * (s.request_headers.capacity() + s.response_headers.capacity())
+                + s.exchange.as_ref().map_or(0, |ex| {
+                    std::mem::size_of::<Exchange>()
+                        + ex.urx.capacity()
+                        + std::mem::size_of_val(ex.head.raw_headers())
+                })
+        });
+        scratch + self.rx.capacity() + self.outputs.capacity() * std::mem::size_of::<Output>()
+    }
+
     fn close(&mut self) {
         if !matches!(self.state, State::Closed) {
             self.state = State::Closed;
             self.timers.clear();
             self.rx = BytesMut::new();
+            self.scratch = None;
             self.outputs.push_back(Output::CloseClient);
         }
+    }
+
+    /// Whether an idle connection still holds buffers to give back.
+    fn holds_buffers(&self) -> bool {
+        self.scratch.is_some() || self.rx.capacity() > 0
+    }
+
+    /// Gives back every buffer an idle connection does not need.
+    fn release_buffers(&mut self) {
+        self.scratch = None;
+        if self.rx.is_empty() {
+            self.rx = BytesMut::new();
+        }
+        if self.outputs.is_empty() {
+            self.outputs = VecDeque::new();
+        }
+    }
+
+    /// Keeps the last exchange's box and buffers for the next one.
+    fn recycle(&mut self, mut ex: Box<Exchange>) {
+        let scratch = scratch(&mut self.scratch);
+        // Dropping the handles on the client's and the upstream's buffers lets those
+        // buffers be reclaimed rather than reallocated.
+        scratch.request_headers = ex.head.take_header_storage();
+        ex.head.raw = Bytes::new();
+        ex.head.connection_tokens.clear();
+        ex.identity.forwarded_for = None;
+        ex.identity.request_id = RequestId::Generated([0; 16]);
+        ex.upstream_head = Bytes::new();
+        ex.urx.clear();
+        scratch.exchange = Some(ex);
     }
 
     fn arm_head_timer(&mut self) {
@@ -504,8 +614,13 @@ impl Connection {
         self.timers.stop(TimerKind::ClientIdle);
         self.timers.stop(TimerKind::ClientHeader);
         if !receiving {
-            self.timers
-                .set(TimerKind::ClientIdle, since + t.client_idle);
+            // While buffers are held, the idle timer fires early once to release them.
+            let idle = if self.holds_buffers() {
+                t.client_idle.min(IDLE_RELEASE)
+            } else {
+                t.client_idle
+            };
+            self.timers.set(TimerKind::ClientIdle, since + idle);
         } else {
             self.timers
                 .set(TimerKind::ClientHeader, since + t.client_header);
@@ -558,17 +673,25 @@ impl Connection {
             *receiving = true;
             *since = now;
         }
-        let limits = &self.config.limits;
-        let scan = scan_head(
-            &self.rx,
-            scanned,
-            ScanLimits {
-                max_first_line: limits.max_request_line_bytes,
-                max_head: limits.max_head_bytes,
-                max_lines: limits.max_headers + 1,
-            },
-        );
         let started = *since;
+        let first_look = *scanned == ScanState::default();
+        let limits = &self.config.limits;
+        let scan_limits = ScanLimits {
+            max_first_line: limits.max_request_line_bytes,
+            max_head: limits.max_head_bytes,
+            max_lines: limits.max_headers + 1,
+        };
+        let max_headers = limits.max_headers;
+        if first_look {
+            if let Some(head) = self.parse_whole_head(scan_limits, max_headers) {
+                self.start_exchange(head, started, now);
+                return true;
+            }
+        }
+        let State::Head { scanned, .. } = &mut self.state else {
+            return false;
+        };
+        let scan = scan_head(&self.rx, scanned, scan_limits);
         match scan {
             Ok(HeadScan::Partial) => {
                 self.arm_head_timer();
@@ -576,7 +699,9 @@ impl Connection {
             }
             Ok(HeadScan::Complete { start, end }) => {
                 let head = self.rx.split_to(end).freeze().slice(start..);
-                match request::parse_head(head.clone(), limits.max_headers) {
+                let scratch = scratch(&mut self.scratch);
+                let headers = std::mem::take(&mut scratch.request_headers);
+                match request::parse_head_into(head.clone(), max_headers, headers) {
                     Ok(parsed) => self.start_exchange(parsed, started, now),
                     Err(reject) => self.reject(reject, Some(&head), started, now),
                 }
@@ -587,6 +712,25 @@ impl Connection {
                 true
             }
         }
+    }
+
+    /// The common case, in one parse: a whole head at the start of `rx` that httparse
+    /// accepts and whose lines `scan_head` would accept as they are. `None`: leave it to
+    /// `scan_head` and `parse_head` (an incomplete or refused head), as if not tried.
+    fn parse_whole_head(&mut self, limits: ScanLimits, max_headers: usize) -> Option<RequestHead> {
+        let start = head_start(&self.rx)?;
+        let buf = &self.rx[start..];
+        let scratch = scratch(&mut self.scratch);
+        let (mut head, len) = request::parse_prefix(buf, max_headers, &mut scratch.request_headers)
+            .ok()
+            .flatten()?;
+        if !strict_lines(buf, len, head.raw_headers(), limits) {
+            scratch.request_headers = head.take_header_storage();
+            return None;
+        }
+        let raw = self.rx.split_to(start + len).freeze();
+        head.raw = if start == 0 { raw } else { raw.slice(start..) };
+        Some(head)
     }
 
     /// Answers a request that cannot be passed on, and closes: after a framing error
@@ -617,15 +761,18 @@ impl Connection {
                 request_id: None,
             },
         );
-        let record = AccessRecord {
-            listener: self.listener,
-            client: self.peer.ip,
+        let bytes_out = bytes.len() as u64;
+        self.outputs.push_back(Output::ToClient(bytes));
+        let stats = ExchangeStats::new(self.listener(), None, status, None);
+        self.push_log(stats, |c| AccessRecord {
+            listener: c.listener(),
+            client: c.peer,
             method,
             target,
             version: "HTTP/1.1",
             status,
             body_bytes_in: 0,
-            bytes_out: bytes.len() as u64,
+            bytes_out,
             duration: now.saturating_duration_since(started),
             upstream_duration: None,
             pool: None,
@@ -633,21 +780,26 @@ impl Connection {
             user_agent: Bytes::new(),
             referer: Bytes::new(),
             started,
-        };
-        self.outputs.push_back(Output::ToClient(bytes));
-        self.outputs.push_back(Output::AccessLog(Box::new(record)));
+        });
         self.close();
     }
 
     fn start_exchange(&mut self, head: RequestHead, started: Instant, now: Instant) {
         self.timers.stop(TimerKind::ClientHeader);
         self.timers.stop(TimerKind::ClientIdle);
-        let config = Arc::clone(&self.config);
-        let listener = &config.listeners[self.listener];
-        let identity = identify(&config, listener.scheme, &self.peer, &head, &mut self.ids);
-        let decision = route::decide(&config, listener, head.path(), identity.client)
+        // Borrowed, not cloned, on the forwarding path: an `Arc` clone is two atomic
+        // operations per request.
+        let config = &*self.config;
+        let listener = &config.listeners[self.listener()];
+        let identity = identify(config, listener.scheme, self.peer, &head, &mut self.ids);
+        let paths = &mut scratch(&mut self.scratch).paths;
+        let decision = route::decide_reusing(config, listener, head.path(), identity.client, paths)
             .map(|d| self.apply_virtual_hosts(d, &head));
         let decision = match decision {
+            Ok(Decision::Forward(pool)) => {
+                self.forward(head, identity, pool, started, now);
+                return;
+            }
             Ok(d) => d,
             Err(reject) => {
                 let raw = head_bytes_for_log(&head);
@@ -655,6 +807,7 @@ impl Connection {
                 return;
             }
         };
+        let config = Arc::clone(&self.config);
         let has_body = !matches!(head.body, RequestBody::None | RequestBody::Length(0));
         let close = head.close || self.shutting_down || self.client_eof || has_body;
         let id_header = config.forwarding.request_id_header.as_str();
@@ -665,10 +818,8 @@ impl Connection {
         };
         let method = head.method();
         let (bytes, log) = match decision {
-            Decision::Forward(pool) => {
-                self.forward(head, identity, pool, started, now);
-                return;
-            }
+            // Handled above.
+            Decision::Forward(_) => return,
             Decision::Health => (answer::health(ctx), false),
             Decision::WellKnown(doc) => {
                 let bytes = if method == b"OPTIONS" {
@@ -714,11 +865,15 @@ impl Connection {
         let bytes_out = bytes.len() as u64;
         self.outputs.push_back(Output::ToClient(bytes));
         if log {
-            let record = self.record(
-                &head, &identity, None, status, 0, bytes_out, started, now, None,
-            );
-            self.outputs.push_back(Output::AccessLog(Box::new(record)));
+            let stats = ExchangeStats::new(self.listener(), None, status, None);
+            self.push_log(stats, |c| {
+                c.record(
+                    &head, &identity, None, status, 0, bytes_out, started, now, None,
+                )
+            });
         }
+        let mut head = head;
+        scratch(&mut self.scratch).request_headers = head.take_header_storage();
         if close {
             self.close();
         } else {
@@ -755,11 +910,11 @@ impl Connection {
         started: Instant,
         now: Instant,
     ) {
-        let config = Arc::clone(&self.config);
         let body = match head.body {
             RequestBody::None | RequestBody::Length(0) => RequestBodyState::Done,
             RequestBody::Length(n) => {
-                if n > config.limits.max_body_bytes {
+                if n > self.config.limits.max_body_bytes {
+                    let config = Arc::clone(&self.config);
                     // Refused before a byte goes upstream; the body is never read, so the
                     // connection cannot carry another request.
                     let ctx = AnswerCtx {
@@ -778,18 +933,20 @@ impl Connection {
                     );
                     let out = bytes.len() as u64;
                     self.outputs.push_back(Output::ToClient(bytes));
-                    let record = self.record(
-                        &head,
-                        &identity,
-                        Some(pool),
-                        413,
-                        0,
-                        out,
-                        started,
-                        now,
-                        None,
-                    );
-                    self.outputs.push_back(Output::AccessLog(Box::new(record)));
+                    let stats = ExchangeStats::new(self.listener(), Some(pool), 413, None);
+                    self.push_log(stats, |c| {
+                        c.record(
+                            &head,
+                            &identity,
+                            Some(pool),
+                            413,
+                            0,
+                            out,
+                            started,
+                            now,
+                            None,
+                        )
+                    });
                     self.close();
                     return;
                 }
@@ -801,17 +958,19 @@ impl Connection {
             },
         };
         let upstream_head = rewrite::upstream_request(
+            &mut scratch(&mut self.scratch).out,
             &head,
             &identity,
-            config.forwarding.request_id_header.as_str(),
-            &config.server_name,
+            &self.peer_text,
+            self.config.forwarding.request_id_header.as_str(),
+            &self.config.server_name,
         );
         let retryable = head.is_idempotent() && matches!(body, RequestBodyState::Done);
         let close_after = head.close || self.shutting_down || self.client_eof;
         let (pool, backend) = self.choose_backend(&head, identity.client, pool);
-        config.pools[pool].balancer.counters().started(backend);
-        self.exchanges += 1;
-        self.state = State::Exchange(Box::new(Exchange {
+        self.config.pools[pool].balancer.exchange_started(backend);
+        self.exchanges = self.exchanges.wrapping_add(1);
+        let exchange = Exchange {
             started,
             head,
             identity,
@@ -834,7 +993,16 @@ impl Connection {
             upstream_duration: None,
             close_after,
             upstream_spoiled: false,
-        }));
+        };
+        let exchange = match scratch(&mut self.scratch).exchange.take() {
+            Some(mut reused) => {
+                let urx = std::mem::take(&mut reused.urx);
+                *reused = Exchange { urx, ..exchange };
+                reused
+            }
+            None => Box::new(exchange),
+        };
+        self.state = State::Exchange(exchange);
         self.outputs.push_back(Output::ConnectUpstream {
             pool,
             backend,
@@ -842,7 +1010,7 @@ impl Connection {
         });
         self.timers.set(
             TimerKind::UpstreamConnect,
-            now + config.timeouts.upstream_connect,
+            now + self.config.timeouts.upstream_connect,
         );
     }
 
@@ -852,7 +1020,19 @@ impl Connection {
     /// the main process.
     fn choose_backend(&self, head: &RequestHead, client: IpAddr, pool: PoolId) -> (PoolId, usize) {
         let config = &self.config;
-        let parts = RequestParts::from_head(head, client);
+        // The `Authorization` lookup is only for hashing policies and worker routing.
+        let parts = if config.workers.is_some()
+            || config.pools[pool].balancer.policy().key_kind().is_some()
+        {
+            RequestParts::from_head(head, client)
+        } else {
+            RequestParts {
+                method: head.method(),
+                target: head.target(),
+                authorization: None,
+                client,
+            }
+        };
         let mut chosen = pool;
         let mut sticky = None;
         if let Some(workers) = config.workers.as_ref().filter(|w| w.main == pool) {
@@ -951,7 +1131,6 @@ impl Connection {
 
     /// Reads the response from `urx` as far as it goes.
     fn progress_response(&mut self, now: Instant) {
-        let config = Arc::clone(&self.config);
         loop {
             let State::Exchange(ex) = &mut self.state else {
                 return;
@@ -967,16 +1146,29 @@ impl Connection {
                     return;
                 }
                 ResponseState::AwaitingHead { scanned } => {
-                    let limit = config.limits.max_response_head_bytes;
-                    let scan = scan_head(
-                        &ex.urx,
-                        scanned,
-                        ScanLimits {
-                            max_first_line: limit,
-                            max_head: limit,
-                            max_lines: MAX_RESPONSE_HEADERS,
-                        },
-                    );
+                    let limit = self.config.limits.max_response_head_bytes;
+                    let limits = ScanLimits {
+                        max_first_line: limit,
+                        max_head: limit,
+                        max_lines: MAX_RESPONSE_HEADERS,
+                    };
+                    let head_request = ex.head.is_head_method();
+                    if *scanned == ScanState::default() {
+                        // The common case in one parse, as for requests (`parse_whole_head`).
+                        let headers = &mut scratch(&mut self.scratch).response_headers;
+                        if let Some(mut resp) =
+                            parse_whole_response(&mut ex.urx, head_request, limits, headers)
+                        {
+                            let go_on = self.start_response(&resp, now);
+                            scratch(&mut self.scratch).response_headers =
+                                resp.take_header_storage();
+                            if !go_on {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                    let scan = scan_head(&ex.urx, scanned, limits);
                     let (start, end) = match scan {
                         Ok(HeadScan::Partial) => return,
                         Ok(HeadScan::Complete { start, end }) => (start, end),
@@ -987,9 +1179,13 @@ impl Connection {
                         }
                     };
                     let raw = ex.urx.split_to(end).freeze().slice(start..);
-                    match response::parse_head(raw, ex.head.is_head_method()) {
-                        Ok(resp) => {
-                            if !self.start_response(resp, now) {
+                    let headers = std::mem::take(&mut scratch(&mut self.scratch).response_headers);
+                    match response::parse_head_into(raw, head_request, headers) {
+                        Ok(mut resp) => {
+                            let go_on = self.start_response(&resp, now);
+                            scratch(&mut self.scratch).response_headers =
+                                resp.take_header_storage();
+                            if !go_on {
                                 return;
                             }
                         }
@@ -1070,7 +1266,7 @@ impl Connection {
     }
 
     /// Handles a parsed response head. `false` when processing should stop.
-    fn start_response(&mut self, resp: ResponseHead, now: Instant) -> bool {
+    fn start_response(&mut self, resp: &ResponseHead, now: Instant) -> bool {
         let id_header = self.config.forwarding.request_id_header.as_str();
         let shutting_down = self.shutting_down;
         let State::Exchange(ex) = &mut self.state else {
@@ -1089,7 +1285,8 @@ impl Connection {
                 return false;
             }
             let head = rewrite::client_response(
-                &resp,
+                &mut scratch(&mut self.scratch).out,
+                resp,
                 ClientFraming::AsIs,
                 client_version,
                 false,
@@ -1103,8 +1300,13 @@ impl Connection {
             if !rest.is_empty() {
                 self.outputs.push_back(Output::ToClient(rest));
             }
-            let record = self.exchange_record(now);
-            self.outputs.push_back(Output::AccessLog(Box::new(record)));
+            let stats = ExchangeStats::new(
+                self.listener as ListenerId,
+                Some(ex.pool),
+                101,
+                ex.upstream_duration,
+            );
+            self.push_log(stats, |c| c.exchange_record(now));
             self.timers.clear();
             self.state = State::Tunnel;
             self.progress(now);
@@ -1115,7 +1317,8 @@ impl Connection {
             // are passed on to HTTP/1.1 clients.
             if resp.status != 100 && client_version == Version::Http11 {
                 let head = rewrite::client_response(
-                    &resp,
+                    &mut scratch(&mut self.scratch).out,
+                    resp,
                     ClientFraming::AsIs,
                     client_version,
                     false,
@@ -1160,7 +1363,8 @@ impl Connection {
             ex.close_after = true;
         }
         let head = rewrite::client_response(
-            &resp,
+            &mut scratch(&mut self.scratch).out,
+            resp,
             framing,
             client_version,
             ex.close_after,
@@ -1215,11 +1419,15 @@ impl Connection {
         }
         self.config.pools[ex.pool]
             .balancer
-            .counters()
-            .finished(ex.backend);
+            .exchange_finished(ex.backend);
         let close = ex.close_after;
-        let record = self.exchange_record(now);
-        self.outputs.push_back(Output::AccessLog(Box::new(record)));
+        let stats = ExchangeStats::new(
+            self.listener as ListenerId,
+            Some(ex.pool),
+            ex.status,
+            ex.upstream_duration,
+        );
+        self.push_log(stats, |c| c.exchange_record(now));
         self.timers.stop(TimerKind::UpstreamConnect);
         self.timers.stop(TimerKind::UpstreamResponse);
         self.timers.stop(TimerKind::ClientBody);
@@ -1268,17 +1476,31 @@ impl Connection {
 
     /// Back to reading heads, starting with any pipelined bytes.
     fn next_request(&mut self, now: Instant) {
-        self.state = State::Head {
-            since: now,
-            scanned: ScanState::default(),
-            receiving: false,
-        };
-        if self.rx.is_empty() {
-            // Do not keep a read buffer for an idle connection.
-            self.rx = BytesMut::new();
+        let previous = std::mem::replace(
+            &mut self.state,
+            State::Head {
+                since: now,
+                scanned: ScanState::default(),
+                receiving: false,
+            },
+        );
+        if let State::Exchange(ex) = previous {
+            self.recycle(ex);
         }
+        // Buffers stay for a next request soon; the idle timer releases them otherwise.
         self.arm_head_timer();
         self.progress(now);
+    }
+
+    /// Reports a finished exchange: the whole record when the configuration has an access
+    /// log, else only `stats` (no allocation, no record to build).
+    fn push_log(&mut self, stats: ExchangeStats, record: impl FnOnce(&Self) -> AccessRecord) {
+        let output = if self.config.runtime.access_log == AccessLogFormat::Off {
+            Output::ExchangeDone(stats)
+        } else {
+            Output::AccessLog(Box::new(record(self)))
+        };
+        self.outputs.push_back(output);
     }
 
     fn exchange_record(&self, now: Instant) -> AccessRecord {
@@ -1312,7 +1534,7 @@ impl Connection {
         upstream_duration: Option<Duration>,
     ) -> AccessRecord {
         AccessRecord {
-            listener: self.listener,
+            listener: self.listener(),
             client: identity.client,
             method: head.method_bytes(),
             target: head.target_bytes(),
@@ -1323,7 +1545,7 @@ impl Connection {
             duration: now.saturating_duration_since(started),
             upstream_duration,
             pool,
-            request_id: identity.request_id.clone(),
+            request_id: identity.request_id.to_bytes(),
             user_agent: head.header_bytes(b"user-agent").unwrap_or_default(),
             referer: head.header_bytes(b"referer").unwrap_or_default(),
             started,
@@ -1338,10 +1560,32 @@ impl Drop for Connection {
         if let State::Exchange(ex) = &self.state {
             self.config.pools[ex.pool]
                 .balancer
-                .counters()
-                .finished(ex.backend);
+                .exchange_finished(ex.backend);
         }
     }
+}
+
+/// A whole response head at the start of `urx` that httparse accepts and whose lines
+/// `scan_head` would accept as they are, split off `urx`. `None`: leave it to `scan_head`
+/// and `parse_head` (incomplete or refused), as if not tried.
+fn parse_whole_response(
+    urx: &mut BytesMut,
+    head_request: bool,
+    limits: ScanLimits,
+    headers: &mut Vec<RawHeader>,
+) -> Option<ResponseHead> {
+    let start = head_start(urx)?;
+    let buf = &urx[start..];
+    let (mut head, len) = response::parse_prefix(buf, head_request, headers)
+        .ok()
+        .flatten()?;
+    if !strict_lines(buf, len, head.raw_headers(), limits) {
+        *headers = head.take_header_storage();
+        return None;
+    }
+    let raw = urx.split_to(start + len).freeze();
+    head.raw = if start == 0 { raw } else { raw.slice(start..) };
+    Some(head)
 }
 
 /// The first space-delimited token after any leading empty lines (a method, if readable).

@@ -18,11 +18,44 @@ use crate::http1::tokens::eq_ignore_case;
 pub struct ClientIdentity {
     /// The client address (the peer, or from a trusted proxy's chain).
     pub client: IpAddr,
-    /// The `X-Forwarded-For` value to send.
-    pub forwarded_for: Bytes,
+    /// The `X-Forwarded-For` value to send; `None`: the peer's address (the usual case,
+    /// without a reference count per request).
+    pub forwarded_for: Option<Bytes>,
     /// The `X-Forwarded-Proto` value to send.
     pub proto: Bytes,
-    pub request_id: Bytes,
+    pub request_id: RequestId,
+}
+
+/// A request id: generated here (held inline: nothing allocated or reference-counted per
+/// request), or kept from a trusted proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestId {
+    Generated([u8; 16]),
+    Received(Bytes),
+}
+
+impl RequestId {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Generated(id) => id,
+            RequestId::Received(id) => id,
+        }
+    }
+
+    /// The id as `Bytes` (for an access record).
+    pub fn to_bytes(&self) -> Bytes {
+        match self {
+            RequestId::Generated(id) => Bytes::copy_from_slice(id),
+            RequestId::Received(id) => id.clone(),
+        }
+    }
+}
+
+impl core::ops::Deref for RequestId {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_bytes()
+    }
 }
 
 /// Makes unique request ids without a clock or a random source: a per-connection seed
@@ -38,7 +71,7 @@ impl RequestIds {
         RequestIds { seed, counter: 0 }
     }
 
-    pub fn next_id(&mut self) -> Bytes {
+    pub fn next_id(&mut self) -> RequestId {
         self.counter += 1;
         // splitmix64: a bijection, so distinct (seed, counter) never collide within a seed.
         let mut z = self
@@ -52,7 +85,7 @@ impl RequestIds {
         for (i, digit) in id.iter_mut().enumerate() {
             *digit = HEX[((z >> (60 - 4 * i)) & 0xf) as usize];
         }
-        Bytes::copy_from_slice(&id)
+        RequestId::Generated(id)
     }
 }
 
@@ -64,39 +97,27 @@ fn acceptable_request_id(v: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
 }
 
-/// The peer as the connection knows it: its address, and that address as text
+/// The peer as the connection knows it: its canonical address, and that address as text
 /// (rendered once per connection, not per request).
-#[derive(Debug, Clone)]
-pub struct Peer {
-    pub ip: IpAddr,
-    pub text: Bytes,
+pub fn peer(ip: IpAddr) -> (IpAddr, Bytes) {
+    let ip = canonical_ip(ip);
+    (ip, Bytes::from(ip.to_string()))
 }
 
-impl Peer {
-    pub fn new(ip: IpAddr) -> Peer {
-        let ip = canonical_ip(ip);
-        Peer {
-            ip,
-            text: Bytes::from(ip.to_string()),
-        }
-    }
-}
-
+/// `peer` is the canonical address (from [`peer`]).
 pub fn identify(
     config: &Config,
     scheme: Scheme,
-    peer: &Peer,
+    peer: IpAddr,
     head: &RequestHead,
     ids: &mut RequestIds,
 ) -> ClientIdentity {
-    let peer_text = &peer.text;
-    let peer = peer.ip;
     let trusted = &config.forwarding.trusted_proxies;
     let peer_trusted = Config::contains(trusted, peer);
     let id_header = config.forwarding.request_id_header.as_str().as_bytes();
 
     let mut client = peer;
-    let mut forwarded_for = peer_text.clone();
+    let mut forwarded_for = None;
     let mut proto = Bytes::from_static(scheme.as_str().as_bytes());
     let mut request_id = None;
 
@@ -134,7 +155,7 @@ pub fn identify(
             }
         }
         kept.push(peer.to_string());
-        forwarded_for = Bytes::from(kept.join(", "));
+        forwarded_for = Some(Bytes::from(kept.join(", ")));
         if let Some(p) = head.header(b"x-forwarded-proto") {
             let p = trim_ows(p);
             if eq_ignore_case(p, b"https") || eq_ignore_case(p, b"http") {
@@ -144,7 +165,7 @@ pub fn identify(
         request_id = head
             .header(id_header)
             .filter(|v| acceptable_request_id(v))
-            .map(Bytes::copy_from_slice);
+            .map(|v| RequestId::Received(Bytes::copy_from_slice(v)));
     }
     ClientIdentity {
         client,

@@ -19,7 +19,7 @@ pub mod workers;
 pub use answer::overloaded as overloaded_response;
 pub use config::{Config, ListenerId, PoolId, UpstreamPool};
 pub use connection::Connection;
-pub use output::{AccessRecord, Output, TimerKind};
+pub use output::{AccessRecord, ExchangeStats, Output, TimerKind};
 
 #[cfg(test)]
 mod tests;

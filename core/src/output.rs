@@ -30,9 +30,62 @@ pub enum Output {
     ReleaseUpstream { reusable: bool },
     /// After writing everything before this, close the client connection.
     CloseClient,
-    /// An exchange finished: one access-log record. Boxed: it is ten times the size of
-    /// the other variants, and every output is moved through a queue.
+    /// An exchange finished: one access-log record (only when the configuration has an
+    /// access log; else [`Output::ExchangeDone`]). Boxed: it is ten times the size of the
+    /// other variants, and every output is moved through a queue.
     AccessLog(Box<AccessRecord>),
+    /// An exchange finished, with access logging off: what metrics need, without the
+    /// allocation and the work of a whole record.
+    ExchangeDone(ExchangeStats),
+}
+
+/// The numbers of one finished exchange, for metrics. Stored compactly (it travels in
+/// every [`Output`]); read it with the accessors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExchangeStats {
+    listener: u32,
+    /// The pool plus one; 0 for none.
+    pool: u32,
+    status: u16,
+    upstream_duration: Option<Duration>,
+}
+
+impl ExchangeStats {
+    pub fn new(
+        listener: ListenerId,
+        pool: Option<PoolId>,
+        status: u16,
+        upstream_duration: Option<Duration>,
+    ) -> Self {
+        // Listener and pool counts are tiny (configuration items); saturating keeps a
+        // bogus id from aliasing a real one.
+        let compact = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        ExchangeStats {
+            listener: compact(listener),
+            pool: pool.map_or(0, |p| compact(p.saturating_add(1))),
+            status,
+            upstream_duration,
+        }
+    }
+
+    pub fn listener(&self) -> ListenerId {
+        self.listener as ListenerId
+    }
+
+    /// The pool the request went to, if any.
+    pub fn pool(&self) -> Option<PoolId> {
+        self.pool.checked_sub(1).map(|p| p as PoolId)
+    }
+
+    /// Status sent to the client (0 when the client got no response).
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// From sending the request upstream to the upstream's response head, if it got that far.
+    pub fn upstream_duration(&self) -> Option<Duration> {
+        self.upstream_duration
+    }
 }
 
 /// Why the engine wants to be woken at a deadline.
@@ -48,6 +101,18 @@ pub enum TimerKind {
     UpstreamConnect,
     /// Waiting for the upstream's response (head, or the next body bytes).
     UpstreamResponse,
+}
+
+impl AccessRecord {
+    /// What metrics need of this record.
+    pub fn stats(&self) -> ExchangeStats {
+        ExchangeStats::new(
+            self.listener,
+            self.pool,
+            self.status,
+            self.upstream_duration,
+        )
+    }
 }
 
 /// One finished exchange, for the access log.

@@ -5,7 +5,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::forwarded::ClientIdentity;
-use crate::http1::request::{RequestBody, RequestHead, Version};
+use crate::http1::request::{RawHeader, RequestBody, RequestHead, Version};
 use crate::http1::response::ResponseHead;
 use crate::http1::tokens::eq_ignore_case;
 
@@ -24,8 +24,18 @@ const HOP_BY_HOP: [&[u8]; 7] = [
 /// or its authority (a sender listing them is broken or hostile; the list is ignored).
 const NEVER_LISTED: [&[u8]; 2] = [b"content-length", b"host"];
 
+#[inline]
 fn is_hop_by_hop(name: &[u8], listed: &[Bytes]) -> bool {
-    HOP_BY_HOP.iter().any(|h| eq_ignore_case(name, h))
+    // `HOP_BY_HOP` by length first: most names are ruled out with one comparison.
+    let fixed = match name.len() {
+        2 => eq_ignore_case(name, HOP_BY_HOP[3]),
+        7 => eq_ignore_case(name, HOP_BY_HOP[4]) || eq_ignore_case(name, HOP_BY_HOP[6]),
+        10 => eq_ignore_case(name, HOP_BY_HOP[0]) || eq_ignore_case(name, HOP_BY_HOP[1]),
+        16 => eq_ignore_case(name, HOP_BY_HOP[2]),
+        17 => eq_ignore_case(name, HOP_BY_HOP[5]),
+        _ => false,
+    };
+    fixed
         || (listed.iter().any(|t| eq_ignore_case(name, t))
             && !NEVER_LISTED.iter().any(|n| eq_ignore_case(name, n)))
 }
@@ -35,6 +45,53 @@ fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.put_slice(b": ");
     out.put_slice(value);
     out.put_slice(b"\r\n");
+}
+
+/// Copies kept header lines to `out`. A line already in the form mxgate would write
+/// (`name: value` CRLF) is copied from the received head as is, and consecutive such
+/// lines as one slice: the output is byte for byte what `put_header` would write.
+struct LineCopier<'a> {
+    raw: &'a [u8],
+    /// A run of kept canonical lines not yet copied.
+    run: Option<(usize, usize)>,
+}
+
+impl<'a> LineCopier<'a> {
+    fn new(raw: &'a [u8]) -> Self {
+        LineCopier { raw, run: None }
+    }
+
+    // Called per header: inlined, its call overhead was most of its cost.
+    #[inline(always)]
+    fn keep(&mut self, out: &mut BytesMut, header: &RawHeader) {
+        let (name, value) = (header.name, header.value);
+        let raw = self.raw;
+        let line_end = value.end() + 2;
+        // Byte by byte: cheaper than slice comparisons of two bytes.
+        let canonical = value.start() == name.end() + 2
+            && raw.get(name.end()) == Some(&b':')
+            && raw.get(name.end() + 1) == Some(&b' ')
+            && raw.get(value.end()) == Some(&b'\r')
+            && raw.get(value.end() + 1) == Some(&b'\n');
+        if !canonical {
+            self.flush(out);
+            put_header(out, name.get(raw), value.get(raw));
+            return;
+        }
+        match &mut self.run {
+            Some((_, end)) if *end == name.start() => *end = line_end,
+            _ => {
+                self.flush(out);
+                self.run = Some((name.start(), line_end));
+            }
+        }
+    }
+
+    fn flush(&mut self, out: &mut BytesMut) {
+        if let Some((start, end)) = self.run.take() {
+            out.put_slice(&self.raw[start..end]);
+        }
+    }
 }
 
 fn put_decimal(out: &mut BytesMut, n: u64) {
@@ -52,48 +109,71 @@ fn put_decimal(out: &mut BytesMut, n: u64) {
     out.put_slice(&digits[i..]);
 }
 
-/// The request head sent upstream: always HTTP/1.1 keep-alive, target untouched.
+/// The request head sent upstream: always HTTP/1.1 keep-alive, target untouched. Written
+/// at the end of `out` (a connection's reusable buffer) and split off it.
 pub fn upstream_request(
+    out: &mut BytesMut,
     head: &RequestHead,
     identity: &ClientIdentity,
+    peer_text: &[u8],
     request_id_header: &str,
     default_host: &str,
 ) -> Bytes {
-    let capacity = head.raw.len() + 160;
-    let mut out = BytesMut::with_capacity(capacity);
-    out.put_slice(head.method());
-    out.put_u8(b' ');
-    out.put_slice(head.target());
-    out.put_slice(b" HTTP/1.1\r\n");
-    let replaced: [&[u8]; 5] = [
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"content-length",
-        b"expect",
-        request_id_header.as_bytes(),
-    ];
-    for (name, value) in head.headers() {
+    out.reserve(head.raw.len() + 160);
+    let raw = &head.raw[..];
+    let (method, target) = head.line_spans();
+    let line_end = target.end() + b" HTTP/1.1\r\n".len();
+    if method.start() == 0
+        && target.start() == method.end() + 1
+        && raw.get(method.end()) == Some(&b' ')
+        && raw.get(target.end()..line_end) == Some(&b" HTTP/1.1\r\n"[..])
+    {
+        out.put_slice(&raw[..line_end]);
+    } else {
+        out.put_slice(head.method());
+        out.put_u8(b' ');
+        out.put_slice(head.target());
+        out.put_slice(b" HTTP/1.1\r\n");
+    }
+    // Headers mxgate writes itself (by length first, as `is_hop_by_hop`).
+    let replaced = |name: &[u8]| {
+        let fixed = match name.len() {
+            6 => eq_ignore_case(name, b"expect"),
+            14 => eq_ignore_case(name, b"content-length"),
+            15 => eq_ignore_case(name, b"x-forwarded-for"),
+            17 => eq_ignore_case(name, b"x-forwarded-proto"),
+            _ => false,
+        };
+        fixed || eq_ignore_case(name, request_id_header.as_bytes())
+    };
+    let mut lines = LineCopier::new(raw);
+    for header in head.raw_headers() {
+        let name = header.name.get(raw);
         let upgrade_kept = head.upgrade && eq_ignore_case(name, b"upgrade");
         if !upgrade_kept && is_hop_by_hop(name, &head.connection_tokens) {
+            lines.flush(out);
             continue;
         }
-        if replaced.iter().any(|r| eq_ignore_case(name, r)) {
+        if replaced(name) {
+            lines.flush(out);
             continue;
         }
-        put_header(&mut out, name, value);
+        lines.keep(out, header);
     }
+    lines.flush(out);
     if head.host().is_none() {
         // HTTP/1.0 without Host: HTTP/1.1 upstream requests need one.
-        put_header(&mut out, b"Host", default_host.as_bytes());
+        put_header(out, b"Host", default_host.as_bytes());
     }
-    put_header(&mut out, b"X-Forwarded-For", &identity.forwarded_for);
-    put_header(&mut out, b"X-Forwarded-Proto", &identity.proto);
-    put_header(&mut out, request_id_header.as_bytes(), &identity.request_id);
+    let forwarded_for = identity.forwarded_for.as_deref().unwrap_or(peer_text);
+    put_header(out, b"X-Forwarded-For", forwarded_for);
+    put_header(out, b"X-Forwarded-Proto", &identity.proto);
+    put_header(out, request_id_header.as_bytes(), &identity.request_id);
     match head.body {
         RequestBody::None => {}
         RequestBody::Length(n) => {
             out.put_slice(b"Content-Length: ");
-            put_decimal(&mut out, n);
+            put_decimal(out, n);
             out.put_slice(b"\r\n");
         }
         RequestBody::Chunked => out.put_slice(b"Transfer-Encoding: chunked\r\n"),
@@ -102,7 +182,7 @@ pub fn upstream_request(
         out.put_slice(b"Connection: upgrade\r\n");
     }
     out.put_slice(b"\r\n");
-    out.freeze()
+    out.split().freeze()
 }
 
 /// How the response body is framed towards the client.
@@ -117,8 +197,10 @@ pub enum ClientFraming {
     Close,
 }
 
-/// The response head sent to the client.
+/// The response head sent to the client. Written at the end of `out` (a connection's
+/// reusable buffer) and split off it.
 pub fn client_response(
+    out: &mut BytesMut,
     resp: &ResponseHead,
     framing: ClientFraming,
     client_version: Version,
@@ -126,30 +208,41 @@ pub fn client_response(
     request_id: Option<(&str, &[u8])>,
     switching_protocols: bool,
 ) -> Bytes {
-    let mut out = BytesMut::with_capacity(resp.raw.len() + 96);
-    out.put_slice(b"HTTP/1.1 ");
-    put_decimal(&mut out, u64::from(resp.status));
-    out.put_u8(b' ');
-    out.put_slice(resp.reason());
-    out.put_slice(b"\r\n");
-    for (name, value) in resp.headers() {
-        let upgrade_kept = switching_protocols && eq_ignore_case(name, b"upgrade");
-        if !upgrade_kept && is_hop_by_hop(name, &resp.connection_tokens) {
-            continue;
-        }
-        let reframed = framing == ClientFraming::Chunked || framing == ClientFraming::Close;
-        if reframed && eq_ignore_case(name, b"content-length") {
-            continue;
-        }
-        if let Some((id_name, _)) = request_id {
-            if eq_ignore_case(name, id_name.as_bytes()) {
-                continue;
-            }
-        }
-        put_header(&mut out, name, value);
+    out.reserve(resp.raw.len() + 96);
+    let raw = &resp.raw[..];
+    let reason = resp.reason_span();
+    let line_end = reason.end() + 2;
+    if raw.starts_with(b"HTTP/1.1 ")
+        && raw.get(12) == Some(&b' ')
+        && reason.start() == 13
+        && raw.get(reason.end()..line_end) == Some(&b"\r\n"[..])
+    {
+        // Already `HTTP/1.1 <status> <reason>` CRLF, as it would be written.
+        out.put_slice(&raw[..line_end]);
+    } else {
+        out.put_slice(b"HTTP/1.1 ");
+        put_decimal(out, u64::from(resp.status));
+        out.put_u8(b' ');
+        out.put_slice(resp.reason());
+        out.put_slice(b"\r\n");
     }
+    let reframed = framing == ClientFraming::Chunked || framing == ClientFraming::Close;
+    let mut lines = LineCopier::new(raw);
+    for header in resp.raw_headers() {
+        let name = header.name.get(raw);
+        let upgrade_kept = switching_protocols && eq_ignore_case(name, b"upgrade");
+        let dropped = (!upgrade_kept && is_hop_by_hop(name, &resp.connection_tokens))
+            || (reframed && eq_ignore_case(name, b"content-length"))
+            || request_id.is_some_and(|(id_name, _)| eq_ignore_case(name, id_name.as_bytes()));
+        if dropped {
+            lines.flush(out);
+        } else {
+            lines.keep(out, header);
+        }
+    }
+    lines.flush(out);
     if let Some((name, value)) = request_id {
-        put_header(&mut out, name.as_bytes(), value);
+        put_header(out, name.as_bytes(), value);
     }
     if framing == ClientFraming::Chunked {
         out.put_slice(b"Transfer-Encoding: chunked\r\n");
@@ -162,5 +255,31 @@ pub fn client_response(
         out.put_slice(b"Connection: keep-alive\r\n");
     }
     out.put_slice(b"\r\n");
-    out.freeze()
+    out.split().freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_names_are_found_by_length() {
+        for name in HOP_BY_HOP {
+            assert!(is_hop_by_hop(name, &[]), "{name:?}");
+            assert!(is_hop_by_hop(&name.to_ascii_uppercase(), &[]), "{name:?}");
+        }
+        for name in [
+            &b"host"[..],
+            b"tE",
+            b"upgrades",
+            b"x-connection",
+            b"content-length",
+        ] {
+            let expected = HOP_BY_HOP.iter().any(|h| eq_ignore_case(name, h));
+            assert_eq!(is_hop_by_hop(name, &[]), expected, "{name:?}");
+        }
+        let listed = [Bytes::from_static(b"x-a"), Bytes::from_static(b"host")];
+        assert!(is_hop_by_hop(b"X-A", &listed));
+        assert!(!is_hop_by_hop(b"Host", &listed));
+    }
 }

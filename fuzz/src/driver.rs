@@ -361,6 +361,19 @@ impl Driver {
                     self.connects_now = 0;
                     self.upstream_bytes_now = 0;
                 }
+                Output::ExchangeDone(stats) => {
+                    // Access logging off: the same bookkeeping, without method and target.
+                    self.logs.push(Logged {
+                        status: stats.status(),
+                        method: Vec::new(),
+                        target: Vec::new(),
+                        pool: stats.pool(),
+                        connects: self.connects_now,
+                        upstream_bytes: self.upstream_bytes_now,
+                    });
+                    self.connects_now = 0;
+                    self.upstream_bytes_now = 0;
+                }
             }
         }
         if self.client_closed {

@@ -12,8 +12,14 @@
 //! Wake-ups: the engine's deadline is one `Timer` per connection, re-armed only when the
 //! deadline moves earlier (a timer firing before the engine's deadline just re-arms), because
 //! every arming of an async-io timer notifies the reactor (an eventfd write and an extra
-//! `epoll_wait` return). The shutdown signal is one listener per connection, not one per
-//! loop iteration.
+//! `epoll_wait` return). Shutdown is noticed through `Shared::shutdown_wakers` (a flag and
+//! the task's waker, registered once), not an event listener per connection.
+//!
+//! Size: a task lives as long as its connection, idle keep-alive ones included, so what it
+//! holds is kept small: waiting polls the driver's own fields (no stored futures), an
+//! upstream connection is a pointer to the pooled box, and write queues are lent from a
+//! per-thread stock while something is queued (none held when idle, none allocated per
+//! request once warm).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -27,13 +33,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use mxgate_core::{AccessRecord, Connection, ListenerId, Output, PoolId, TimerKind};
-use mxgate_std::support::metrics::ListenerMetrics;
+use mxgate_std::support::limit::Permit;
+use mxgate_std::support::metrics::OpenConnection;
 use mxgate_std::support::{access_log, logging};
-use smol::channel::Receiver;
 use smol::io::{AsyncRead, AsyncWriteExt};
 use smol::{future, Timer};
 
-use crate::stream::{bounded, write_queue, ClientStream};
+use crate::stream::{bounded, write_now, write_queue, ClientStream};
 use crate::upstream::UpstreamConn;
 use crate::Shared;
 
@@ -53,6 +59,45 @@ fn with_read_buf<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
     })
 }
 
+/// Most emptied write queues a thread keeps for reuse.
+const SPARE_QUEUES: usize = 256;
+/// Larger emptied queues are freed rather than kept.
+const SPARE_QUEUE_CAPACITY: usize = 64;
+
+thread_local! {
+    /// Emptied write queues (with their capacity) for the next connection on this thread
+    /// that has something to write.
+    static SPARE_QUEUES_STOCK: RefCell<Vec<VecDeque<Bytes>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Appends to a write queue, lending it a spare one's capacity first if it has none.
+fn enqueue(queue: &mut VecDeque<Bytes>, bytes: Bytes) {
+    if queue.capacity() == 0 {
+        if let Some(spare) = SPARE_QUEUES_STOCK.with(|stock| stock.borrow_mut().pop()) {
+            *queue = spare;
+        }
+    }
+    queue.push_back(bytes);
+}
+
+/// Takes an emptied queue's capacity back into the thread's stock (the queue is left
+/// without any).
+fn give_back(queue: &mut VecDeque<Bytes>) {
+    if queue.capacity() == 0 || !queue.is_empty() {
+        return;
+    }
+    let queue = std::mem::take(queue);
+    if queue.capacity() <= SPARE_QUEUE_CAPACITY {
+        SPARE_QUEUES_STOCK.with(|stock| {
+            if let Ok(mut stock) = stock.try_borrow_mut() {
+                if stock.len() < SPARE_QUEUES {
+                    stock.push(queue);
+                }
+            }
+        });
+    }
+}
+
 /// One read attempt with the task's context: `Pending` when nothing was there after all.
 fn try_read<R: AsyncRead + Unpin>(
     r: &mut R,
@@ -62,8 +107,6 @@ fn try_read<R: AsyncRead + Unpin>(
     Pin::new(r).poll_read(cx, buf)
 }
 
-/// Resolves once the shutdown channel's sender is dropped.
-type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// After closing, how long client bytes are still read and discarded so that unread
 /// request bytes do not turn the close into a reset that destroys the response in flight.
 const LINGER: Duration = Duration::from_secs(2);
@@ -75,14 +118,14 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// Not an `async fn`, and `run` borrows: the `Driver` is stored once in the task (rustc keeps
 /// both a moved-from local and the callee's by-value parameter in an async state machine).
-pub(crate) fn drive(
-    shared: Arc<Shared>,
-    listener: ListenerId,
-    peer: IpAddr,
-    client: ClientStream,
-    metrics: ListenerMetrics,
-    shutdown: Receiver<()>,
-) -> impl Future<Output = ()> + Send {
+pub(crate) fn drive(opened: Opened) -> impl Future<Output = ()> + Send {
+    let Opened {
+        shared,
+        listener,
+        peer,
+        client,
+        guards,
+    } = opened;
     let conn = Connection::new(
         shared.config.clone(),
         listener,
@@ -91,8 +134,6 @@ pub(crate) fn drive(
         Instant::now(),
     );
     let mut driver = Driver {
-        client_stall: shared.config.timeouts.client_body,
-        upstream_stall: shared.config.timeouts.upstream_response,
         shared,
         conn,
         client,
@@ -103,29 +144,59 @@ pub(crate) fn drive(
         tls_socket_only: false,
         client_queue: VecDeque::new(),
         up: None,
-        shutdown: Some(Box::pin(async move {
-            // Resolves (with an error) when the sender is dropped: shutdown began.
-            let _ = shutdown.recv().await;
-        })),
-        metrics,
+        shutdown_key: NOT_REGISTERED,
+        shutdown_seen: false,
+        upstream_first: false,
+        listener,
+        _guards: guards,
         timer: Timer::never(),
         armed: None,
         fired: None,
         warned: false,
     };
-    async move { driver.run().await }
+    async move {
+        driver.run().await;
+        tracing::trace!(listener, "connection closed");
+    }
+}
+
+/// A client connection ready for the engine (after the PROXY header and TLS handshake).
+pub(crate) struct Opened {
+    pub shared: Arc<Shared>,
+    pub listener: ListenerId,
+    pub peer: IpAddr,
+    pub client: ClientStream,
+    pub guards: Guards,
+}
+
+/// What a connection holds while it is open: its connection-limit slot and its place in
+/// `mxgate_active_connections`.
+pub(crate) struct Guards {
+    pub _permit: Permit,
+    pub _open: OpenConnection,
 }
 
 /// The upstream connection currently held for the engine.
 struct Upstream {
-    conn: UpstreamConn,
-    queue: VecDeque<Bytes>,
+    /// With its write queue, kept with the pooled connection (no allocation per request).
+    conn: Box<UpstreamConn>,
     /// EOF or a failure was reported to the engine: no more reads.
     eof: bool,
     /// A write failed: further writes are dropped and EOF is reported.
     broken: bool,
     /// The last read filled the buffer: read again without waiting.
     more: bool,
+}
+
+/// `Driver::shutdown_key` before the task registered (slab keys are indices: never this).
+const NOT_REGISTERED: usize = usize::MAX;
+
+/// What performing an output leaves to do (see `Driver::perform`).
+enum Step {
+    Done,
+    Connect(PoolId, usize, bool),
+    Release(bool),
+    Close,
 }
 
 enum Wake {
@@ -150,17 +221,32 @@ struct Driver {
     tls_socket_only: bool,
     client_queue: VecDeque<Bytes>,
     up: Option<Upstream>,
-    /// `None` once `begin_shutdown` was called.
-    shutdown: Option<ShutdownSignal>,
-    metrics: ListenerMetrics,
-    client_stall: Duration,
-    upstream_stall: Duration,
+    /// This task's registration in `Shared::shutdown_wakers`, made on the first wait
+    /// (`NOT_REGISTERED` before).
+    shutdown_key: usize,
+    /// `begin_shutdown` was called.
+    shutdown_seen: bool,
+    /// Which side the next wait checks first (alternates, so neither starves the other).
+    upstream_first: bool,
+    /// Which listener accepted the connection (its metrics: `Shared::listener_metrics`).
+    listener: ListenerId,
+    _guards: Guards,
     /// Fires at `armed` (at or before the engine's deadline).
     timer: Timer,
     armed: Option<Instant>,
     /// The last deadline `handle_timeout` was called for.
     fired: Option<Instant>,
     warned: bool,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if self.shutdown_key != NOT_REGISTERED {
+            self.shared.shutdown_wakers.deregister(self.shutdown_key);
+        }
+        self.client_queue.clear();
+        give_back(&mut self.client_queue);
+    }
 }
 
 impl Driver {
@@ -182,9 +268,9 @@ impl Driver {
                 );
                 break;
             }
-            if self.conn.is_idle() && self.client_queue.is_empty() && self.up.is_none() {
+            if self.conn.is_idle() && self.up.is_none() {
                 // An idle keep-alive connection holds no write queue either.
-                self.client_queue = VecDeque::new();
+                give_back(&mut self.client_queue);
             }
             match self.wait(want_client, want_up, deadline).await {
                 Wake::Client => {
@@ -212,7 +298,7 @@ impl Driver {
                     }
                 }
                 Wake::Shutdown => {
-                    self.shutdown = None;
+                    self.shutdown_seen = true;
                     self.conn.begin_shutdown(Instant::now());
                 }
             }
@@ -247,47 +333,68 @@ impl Driver {
                 self.armed = Some(at);
             }
         }
-        let client_more = self.client_more;
-        let tls_socket_only = self.tls_socket_only;
-        let client_stream = &self.client;
-        let client = async {
-            if !want_client {
-                return future::pending().await;
+        self.upstream_first = !self.upstream_first;
+        future::poll_fn(|cx| self.poll_wait(want_client, want_up, cx)).await
+    }
+
+    /// What to do next, polled in place: no future is stored for any of the sources. Sockets
+    /// use their single waker slot, which stays registered when the task stops waiting, so
+    /// waiting again costs no `epoll_ctl` (see `ClientStream::poll_ready`).
+    fn poll_wait(&mut self, want_client: bool, want_up: bool, cx: &mut Context<'_>) -> Poll<Wake> {
+        if self.upstream_first {
+            if self.poll_upstream_ready(want_up, cx) {
+                return Poll::Ready(Wake::Upstream);
             }
-            if !client_more {
-                // An error shows up again on the read attempt.
-                let _ = client_stream.ready(tls_socket_only).await;
+            if self.poll_client_ready(want_client, cx) {
+                return Poll::Ready(Wake::Client);
             }
-            Wake::Client
-        };
-        let up = &self.up;
-        let upstream = async {
-            match up {
-                Some(u) if want_up => {
-                    if !u.more {
-                        // The socket's single waker slot: see `ClientStream::poll_ready`.
-                        let _ = future::poll_fn(|cx| u.conn.stream.poll_readable(cx)).await;
-                    }
-                    Wake::Upstream
-                }
-                _ => future::pending().await,
+        } else {
+            if self.poll_client_ready(want_client, cx) {
+                return Poll::Ready(Wake::Client);
             }
-        };
-        let armed = self.armed.is_some();
-        let timer = &mut self.timer;
-        let timer = future::poll_fn(|cx| {
-            if armed && Pin::new(&mut *timer).poll(cx).is_ready() {
-                Poll::Ready(Wake::Timer)
-            } else {
-                Poll::Pending
+            if self.poll_upstream_ready(want_up, cx) {
+                return Poll::Ready(Wake::Upstream);
             }
-        });
-        let signal = &mut self.shutdown;
-        let shutdown = future::poll_fn(|cx| match signal {
-            Some(s) => s.as_mut().poll(cx).map(|()| Wake::Shutdown),
-            None => Poll::Pending,
-        });
-        future::or(future::race(upstream, client), future::or(timer, shutdown)).await
+        }
+        if self.armed.is_some() && Pin::new(&mut self.timer).poll(cx).is_ready() {
+            return Poll::Ready(Wake::Timer);
+        }
+        if self.poll_shutdown(cx) {
+            return Poll::Ready(Wake::Shutdown);
+        }
+        Poll::Pending
+    }
+
+    fn poll_client_ready(&self, want_client: bool, cx: &mut Context<'_>) -> bool {
+        // An error shows up again on the read attempt.
+        want_client
+            && (self.client_more || self.client.poll_ready(self.tls_socket_only, cx).is_ready())
+    }
+
+    fn poll_upstream_ready(&self, want_up: bool, cx: &mut Context<'_>) -> bool {
+        match &self.up {
+            Some(u) if want_up => u.more || u.conn.stream.poll_readable(cx).is_ready(),
+            _ => false,
+        }
+    }
+
+    /// Whether shutdown began and the engine was not told yet; registers the task to be
+    /// woken for it on the first call.
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.shutdown_seen {
+            return false;
+        }
+        let wakers = &self.shared.shutdown_wakers;
+        if wakers.begun() {
+            return true;
+        }
+        if self.shutdown_key == NOT_REGISTERED {
+            match wakers.register(cx.waker()) {
+                Some(key) => self.shutdown_key = key,
+                None => return true,
+            }
+        }
+        false
     }
 
     /// One read from the client into the thread's buffer, fed to the engine.
@@ -308,7 +415,9 @@ impl Driver {
                 Poll::Ready(Ok(n)) => {
                     self.client_more = n == buf.len();
                     self.tls_socket_only = false;
-                    self.metrics.bytes_in.inc_by(n as u64);
+                    if let Some(metrics) = self.shared.listener_metrics.get(self.listener) {
+                        metrics.bytes_in.inc_by(n as u64);
+                    }
                     self.conn.handle_client_data(&buf[..n], now);
                 }
                 Poll::Ready(Err(err)) => {
@@ -355,41 +464,27 @@ impl Driver {
     async fn drain(&mut self) {
         loop {
             let mut connect: Option<(PoolId, usize, bool)> = None;
-            while let Some(output) = self.conn.poll_output() {
-                match output {
-                    Output::ToClient(bytes) => {
-                        if !bytes.is_empty() {
-                            self.client_queue.push_back(bytes);
-                        }
-                    }
-                    Output::ToUpstream(bytes) => match self.up.as_mut() {
-                        Some(up) if !up.broken => {
-                            if !bytes.is_empty() {
-                                up.queue.push_back(bytes);
-                            }
-                        }
-                        Some(_) => {}
-                        None => tracing::warn!(
-                            "engine wrote to an upstream it does not hold (engine bug)"
-                        ),
-                    },
-                    Output::AccessLog(record) => self.access_log(&record),
-                    Output::ConnectUpstream {
-                        pool,
-                        backend,
-                        fresh,
-                    } => {
-                        self.flush().await;
+            loop {
+                // The output is consumed before anything is awaited: kept alive across an
+                // await, its (large) type would be part of every connection's task.
+                let step = match self.conn.poll_output() {
+                    None => break,
+                    Some(output) => self.perform(output),
+                };
+                match step {
+                    Step::Done => {}
+                    Step::Connect(pool, backend, fresh) => {
                         connect = Some((pool, backend, fresh));
+                        self.flush().await;
                     }
-                    Output::ReleaseUpstream { reusable } => {
+                    Step::Release(reusable) => {
                         // Back to the pool before the client sees the end of its response:
                         // a client that sends its next request at once (on this or another
                         // connection) then finds the connection idle, not still held.
-                        self.flush_upstream().await;
+                        self.flush_upstream_only().await;
                         self.release_upstream(reusable);
                     }
-                    Output::CloseClient => {
+                    Step::Close => {
                         self.flush().await;
                         // Boxed: once per connection; keeps its state out of the task.
                         Box::pin(self.close_client()).await;
@@ -397,31 +492,145 @@ impl Driver {
                 }
             }
             self.flush().await;
-            let now = Instant::now();
             if self.client_broken && !self.client_eof {
                 self.client_eof = true;
-                self.conn.handle_client_eof(now);
+                self.conn.handle_client_eof(Instant::now());
                 continue;
             }
             if let Some(up) = self.up.as_mut() {
                 if up.broken && !up.eof {
                     up.eof = true;
-                    self.conn.handle_upstream_eof(now);
+                    self.conn.handle_upstream_eof(Instant::now());
                     continue;
                 }
             }
             if let Some((pool, backend, fresh)) = connect {
-                self.connect(pool, backend, fresh).await;
+                // Boxed: connecting a new one is rare and its state (attempts, DNS, timers)
+                // would otherwise enlarge every connection's task; an allocation per new
+                // connection is cheap by comparison.
+                if !self.connect_idle(pool, backend, fresh) {
+                    Box::pin(self.connect_new(pool, backend)).await;
+                }
                 continue;
             }
             return;
         }
     }
 
+    /// Performs an output that needs no waiting (queueing bytes, logging); the others are
+    /// returned as the step to take.
+    fn perform(&mut self, output: Output) -> Step {
+        match output {
+            Output::ToClient(bytes) => {
+                if !bytes.is_empty() {
+                    enqueue(&mut self.client_queue, bytes);
+                }
+            }
+            Output::ToUpstream(bytes) => match self.up.as_mut() {
+                Some(up) if !up.broken => {
+                    if !bytes.is_empty() {
+                        enqueue(&mut up.conn.queue, bytes);
+                    }
+                }
+                Some(_) => {}
+                None => tracing::warn!("engine wrote to an upstream it does not hold (engine bug)"),
+            },
+            Output::AccessLog(record) => self.access_log(&record),
+            Output::ExchangeDone(stats) => self.shared.metrics.count_exchange(
+                stats.listener(),
+                stats.pool(),
+                stats.status(),
+                stats.upstream_duration(),
+            ),
+            Output::ConnectUpstream {
+                pool,
+                backend,
+                fresh,
+            } => return Step::Connect(pool, backend, fresh),
+            Output::ReleaseUpstream { reusable } => return Step::Release(reusable),
+            Output::CloseClient => return Step::Close,
+        }
+        Step::Done
+    }
+
     /// Writes whatever is queued for either side. A failed write marks that side broken.
+    /// What the sockets take at once is written in place; only a write that would block goes
+    /// on in a boxed future (its state, with the stall bound, would otherwise enlarge every
+    /// connection's task).
     async fn flush(&mut self) {
-        self.flush_client().await;
-        self.flush_upstream().await;
+        let done = future::poll_fn(|cx| {
+            Poll::Ready(self.try_flush_client(cx) && self.try_flush_upstream(cx))
+        })
+        .await;
+        if !done {
+            Box::pin(async {
+                self.flush_client().await;
+                self.flush_upstream().await;
+            })
+            .await;
+        }
+    }
+
+    /// [`Driver::flush`] for the upstream side only.
+    async fn flush_upstream_only(&mut self) {
+        if !future::poll_fn(|cx| Poll::Ready(self.try_flush_upstream(cx))).await {
+            Box::pin(self.flush_upstream()).await;
+        }
+    }
+
+    /// Writes what the client takes now: `false` when a write would block (the task is then
+    /// registered for writability), `true` when done or failed.
+    fn try_flush_client(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.client_queue.is_empty() {
+            return true;
+        }
+        if self.client_broken || self.client_closed {
+            self.client_queue.clear();
+            return true;
+        }
+        let mut written = 0;
+        let result = write_now(&mut self.client, &mut self.client_queue, &mut written, cx);
+        self.count_bytes_out(written);
+        match result {
+            None => false,
+            Some(Ok(())) => true,
+            Some(Err(err)) => {
+                tracing::debug!(error = %err, "client write failed");
+                self.client_broken = true;
+                self.client_queue.clear();
+                true
+            }
+        }
+    }
+
+    fn count_bytes_out(&self, n: u64) {
+        if let Some(metrics) = self.shared.listener_metrics.get(self.listener) {
+            metrics.bytes_out.inc_by(n);
+        }
+    }
+
+    /// [`Driver::try_flush_client`] for the upstream.
+    fn try_flush_upstream(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(up) = self.up.as_mut() else {
+            return true;
+        };
+        if up.conn.queue.is_empty() {
+            return true;
+        }
+        if up.broken {
+            up.conn.queue.clear();
+            return true;
+        }
+        match write_now(&mut up.conn.stream, &mut up.conn.queue, &mut 0, cx) {
+            None => false,
+            Some(Ok(())) => true,
+            Some(Err(err)) => {
+                tracing::debug!(upstream = %up.conn.addr, error = %err, "upstream write failed");
+                up.broken = true;
+                up.conn.queue.clear();
+                true
+            }
+        }
     }
 
     async fn flush_client(&mut self) {
@@ -429,10 +638,10 @@ impl Driver {
             if self.client_broken || self.client_closed {
                 self.client_queue.clear();
             } else {
-                match write_queue(&mut self.client, &mut self.client_queue, self.client_stall).await
-                {
+                let stall = self.shared.config.timeouts.client_body;
+                match write_queue(&mut self.client, &mut self.client_queue, stall).await {
                     Ok(n) => {
-                        self.metrics.bytes_out.inc_by(n);
+                        self.count_bytes_out(n);
                     }
                     Err(err) => {
                         tracing::debug!(error = %err, "client write failed");
@@ -445,28 +654,52 @@ impl Driver {
     }
 
     async fn flush_upstream(&mut self) {
+        let stall = self.shared.config.timeouts.upstream_response;
         if let Some(up) = self.up.as_mut() {
-            if !up.queue.is_empty() {
+            if !up.conn.queue.is_empty() {
                 if up.broken {
-                    up.queue.clear();
+                    up.conn.queue.clear();
                 } else if let Err(err) =
-                    write_queue(&mut up.conn.stream, &mut up.queue, self.upstream_stall).await
+                    write_queue(&mut up.conn.stream, &mut up.conn.queue, stall).await
                 {
                     tracing::debug!(upstream = %up.conn.addr, error = %err, "upstream write failed");
                     up.broken = true;
-                    up.queue.clear();
+                    up.conn.queue.clear();
                 }
             }
         }
     }
 
-    /// Obtains an upstream connection within the engine's connect deadline and reports it.
-    async fn connect(&mut self, pool: PoolId, backend: usize, fresh: bool) {
+    /// Hands the engine an idle pooled upstream connection, the usual case; `false` when
+    /// there is none (then `connect_new`).
+    fn connect_idle(&mut self, pool: PoolId, backend: usize, fresh: bool) -> bool {
         if self.up.take().is_some() {
             tracing::warn!(
                 "engine asked for an upstream while holding one (engine bug): closing the old one"
             );
         }
+        match self.shared.upstreams.take_idle(pool, backend, fresh) {
+            Some(conn) => {
+                self.upstream_obtained(conn, true);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn upstream_obtained(&mut self, conn: Box<UpstreamConn>, reused: bool) {
+        self.up = Some(Upstream {
+            conn,
+            eof: false,
+            broken: false,
+            more: false,
+        });
+        self.conn.handle_upstream_connected(reused, Instant::now());
+    }
+
+    /// Connects a new upstream connection within the engine's connect deadline and reports
+    /// the outcome.
+    async fn connect_new(&mut self, pool: PoolId, backend: usize) {
         let now = Instant::now();
         let engine_deadline = match self.conn.poll_timeout() {
             Some((at, TimerKind::UpstreamConnect)) => Some(at),
@@ -475,14 +708,12 @@ impl Driver {
         let deadline =
             engine_deadline.unwrap_or(now + self.shared.config.timeouts.upstream_connect);
         let shared = self.shared.clone();
-        // Boxed: this state (connect attempts, DNS, timers) would otherwise enlarge every
-        // connection's task; an allocation per obtained connection is cheap by comparison.
-        let obtained = Box::pin(future::or(
+        let obtained = future::or(
             async {
                 Some(
                     shared
                         .upstreams
-                        .obtain(pool, backend, fresh, &shared.metrics)
+                        .connect(pool, backend, &shared.metrics)
                         .await,
                 )
             },
@@ -490,20 +721,11 @@ impl Driver {
                 Timer::at(deadline).await;
                 None
             },
-        ))
+        )
         .await;
         let now = Instant::now();
         match obtained {
-            Some(Ok((conn, reused))) => {
-                self.up = Some(Upstream {
-                    conn,
-                    queue: VecDeque::new(),
-                    eof: false,
-                    broken: false,
-                    more: false,
-                });
-                self.conn.handle_upstream_connected(reused, now);
-            }
+            Some(Ok(conn)) => self.upstream_obtained(conn, false),
             Some(Err(err)) => {
                 let name = self
                     .shared
@@ -535,7 +757,7 @@ impl Driver {
 
     fn release_upstream(&mut self, reusable: bool) {
         match self.up.take() {
-            Some(up) if reusable && !up.broken && !up.eof && up.queue.is_empty() => {
+            Some(up) if reusable && !up.broken && !up.eof && up.conn.queue.is_empty() => {
                 self.shared.upstreams.release(up.conn);
             }
             Some(_) => {} // dropped: closed
@@ -576,7 +798,7 @@ impl Driver {
         self.client_queue.clear();
         self.close_client().await;
         // Nothing unread to protect after EOF or a failed write; and a shutdown does not wait.
-        if self.client_eof || self.client_broken || self.shutdown.is_none() {
+        if self.client_eof || self.client_broken || self.shutdown_seen {
             return;
         }
         let mut timer = Timer::at(Instant::now() + LINGER);

@@ -10,6 +10,7 @@ mod driver;
 mod listener;
 mod metrics;
 mod proxied;
+mod shutdown;
 mod signals;
 mod stream;
 mod upstream;
@@ -25,7 +26,7 @@ use mxgate_core::config::Scheme;
 use mxgate_core::Config;
 use mxgate_std::support::health::HealthChecker;
 use mxgate_std::support::limit::ConnectionLimit;
-use mxgate_std::support::metrics::Metrics;
+use mxgate_std::support::metrics::{ListenerMetrics, Metrics};
 use mxgate_std::support::net;
 use mxgate_std::support::tls::Certificates;
 use smol::channel::{Receiver, Sender};
@@ -34,18 +35,23 @@ use smol::{future, Async, Executor, LocalExecutor, Timer};
 pub use signals::terminate;
 
 use crate::listener::Bound;
+use crate::shutdown::ShutdownWakers;
 use crate::upstream::Upstreams;
 
 /// What every task of a running proxy shares.
 pub(crate) struct Shared {
     pub config: Arc<Config>,
     pub metrics: Metrics,
+    /// Per listener (by id): handles connections update without holding a copy each.
+    pub listener_metrics: Vec<ListenerMetrics>,
     pub upstreams: Upstreams,
     /// The health thread (probes, passive ejection); stopped at shutdown.
     pub health: HealthChecker,
     pub limit: Arc<ConnectionLimit>,
     /// Closed (its sender dropped) when shutdown begins.
     pub shutdown: Receiver<()>,
+    /// Connection tasks, woken when shutdown begins.
+    pub shutdown_wakers: ShutdownWakers,
     /// For https listeners.
     pub tls: Option<TlsAcceptor>,
 }
@@ -116,12 +122,17 @@ impl Server {
         let metrics = Metrics::new(&config);
         let health = HealthChecker::spawn(&config, &metrics)
             .context("cannot start the health checker thread")?;
+        let listener_metrics = (0..config.listeners.len())
+            .map(|id| metrics.listener(id))
+            .collect();
         let shared = Arc::new(Shared {
             metrics,
+            listener_metrics,
             upstreams: Upstreams::new(&config, health.reporter()),
             health,
             limit: ConnectionLimit::new(config.runtime.max_connections),
             shutdown,
+            shutdown_wakers: ShutdownWakers::default(),
             tls,
             config,
         });
@@ -229,6 +240,7 @@ impl Server {
         shutdown.await;
         let drain = shared.config.timeouts.drain;
         drop(shutdown_tx);
+        shared.shutdown_wakers.begin();
         for task in tasks {
             task.await;
         }

@@ -127,31 +127,9 @@ impl AsyncWrite for ClientStream {
 /// Most slices handed to one vectored write.
 const MAX_SLICES: usize = 32;
 
-/// Writes every queued chunk (vectored), then flushes. Each write must make progress within
-/// `stall`, else the write fails with `TimedOut`. Returns the bytes written; on error the
-/// queue holds what was not written.
-///
-/// The usual case, a socket that takes everything at once, is done in one poll without a
-/// timer; only a write that would block goes on in a boxed future with the stall bound (so
-/// the bound's state is not part of every connection's task).
-pub(crate) async fn write_queue<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    queue: &mut VecDeque<Bytes>,
-    stall: Duration,
-) -> io::Result<u64> {
-    let mut written = 0u64;
-    match future::poll_fn(|cx| Poll::Ready(write_now(w, queue, &mut written, cx))).await {
-        Some(result) => result.map(|()| written),
-        None => {
-            let rest = Box::pin(write_queue_bounded(w, queue, stall)).await?;
-            Ok(written + rest)
-        }
-    }
-}
-
 /// Writes and flushes what the writer takes now: `Some` when done (or failed), `None` when
 /// it would block (the task is then registered for writability).
-fn write_now<W: AsyncWrite + Unpin>(
+pub(crate) fn write_now<W: AsyncWrite + Unpin>(
     w: &mut W,
     queue: &mut VecDeque<Bytes>,
     written: &mut u64,
@@ -189,8 +167,14 @@ fn poll_write_queue<W: AsyncWrite + Unpin>(
     Pin::new(w).poll_write_vectored(cx, &slices[..count])
 }
 
-/// The rest of [`write_queue`], each step bounded by `stall`.
-async fn write_queue_bounded<W: AsyncWrite + Unpin>(
+/// Writes every queued chunk (vectored), then flushes. Each write must make progress within
+/// `stall`, else the write fails with `TimedOut`. Returns the bytes written; on error the
+/// queue holds what was not written.
+///
+/// The usual case, a socket that takes everything at once, is [`write_now`], done in place
+/// without a timer; this is for what is left when that would block (callers box it, so the
+/// bound's state is not part of every connection's task).
+pub(crate) async fn write_queue<W: AsyncWrite + Unpin>(
     w: &mut W,
     queue: &mut VecDeque<Bytes>,
     stall: Duration,

@@ -2,10 +2,12 @@
 //! round-robin backend, or a new one, trying each backend and each of its addresses in
 //! turn), returning it to the idle pool, and sweeping out expired or closed idle ones.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use mxgate_core::{Config, PoolId};
 use mxgate_std::support::backend::{self, BackendAddrs};
 use mxgate_std::support::health::HealthReporter;
@@ -22,10 +24,14 @@ pub(crate) struct UpstreamConn {
     pub pool: PoolId,
     pub backend: usize,
     pub addr: SocketAddr,
+    /// Bytes queued for writing (empty while the connection is idle; its capacity is kept
+    /// for the next request on it).
+    pub queue: VecDeque<Bytes>,
 }
 
-/// An idle connection and its peer address (kept: asking the kernel again costs a syscall).
-type IdleConn = (Async<TcpStream>, SocketAddr);
+/// An idle connection, boxed so that handing it to a connection task and back moves a
+/// pointer (the task keeps only that while it holds the connection).
+type IdleConn = Box<UpstreamConn>;
 
 struct PoolState {
     idle: IdlePool<IdleConn>,
@@ -57,44 +63,39 @@ impl Upstreams {
         }
     }
 
-    /// A connection to `backend` of `pool` (the engine's choice; the others are tried after
-    /// it as failover), and whether it was reused from the idle pool (never when `fresh`).
-    /// Errors when every address of every backend failed.
-    pub async fn obtain(
+    /// An idle connection to the first backend the engine's choice `backend` stands for, if
+    /// one is parked (never when `fresh`). Synchronous: the usual case of a request needs no
+    /// future (and no allocation) to get its upstream connection.
+    pub fn take_idle(&self, pool: PoolId, backend: usize, fresh: bool) -> Option<IdleConn> {
+        if fresh {
+            return None;
+        }
+        let state = self.pools.get(pool)?;
+        let first = state.idle.backend_order_from(backend).next()?;
+        state
+            .idle
+            .take_recent_unchecked(first, Instant::now(), PROBE_AFTER, still_open)
+    }
+
+    /// A new connection to `backend` of `pool` (the engine's choice; the others are tried
+    /// after it as failover). Errors when every address of every backend failed.
+    pub async fn connect(
         &self,
         pool: PoolId,
         backend: usize,
-        fresh: bool,
         metrics: &Metrics,
-    ) -> io::Result<(UpstreamConn, bool)> {
+    ) -> io::Result<IdleConn> {
         let state = self.pools.get(pool).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("no upstream pool {pool}"),
             )
         })?;
-        let order: Vec<usize> = state.idle.backend_order_from(backend).collect();
-        if !fresh {
-            if let Some(&first) = order.first() {
-                if let Some((stream, addr)) =
-                    state
-                        .idle
-                        .take_recent_unchecked(first, Instant::now(), PROBE_AFTER, still_open)
-                {
-                    let conn = UpstreamConn {
-                        stream,
-                        pool,
-                        backend: first,
-                        addr,
-                    };
-                    return Ok((conn, true));
-                }
-            }
-        }
         let mut last_err = io::Error::new(
             io::ErrorKind::NotFound,
             format!("upstream pool {pool} has no backends"),
         );
+        let order: Vec<usize> = state.idle.backend_order_from(backend).collect();
         for backend in order {
             let addrs = &state.addrs[backend];
             let candidates = match addrs.cached(Instant::now()) {
@@ -128,13 +129,13 @@ impl Upstreams {
                         }
                         addrs.mark_good(addr);
                         self.health.connect_ok(pool, backend);
-                        let conn = UpstreamConn {
+                        return Ok(Box::new(UpstreamConn {
                             stream,
                             pool,
                             backend,
                             addr,
-                        };
-                        return Ok((conn, false));
+                            queue: VecDeque::new(),
+                        }));
                     }
                     Err(err) => {
                         tracing::debug!(backend = %addrs.backend.authority(), %addr, error = %err, "upstream connect failed");
@@ -150,11 +151,11 @@ impl Upstreams {
     }
 
     /// Parks a connection the engine called reusable.
-    pub fn release(&self, conn: UpstreamConn) {
+    pub fn release(&self, conn: IdleConn) {
         if let Some(state) = self.pools.get(conn.pool) {
             // An evicted (oldest) connection is closed by dropping it here, outside the lock.
-            let idle = (conn.stream, conn.addr);
-            drop(state.idle.put(conn.backend, idle, Instant::now()));
+            let backend = conn.backend;
+            drop(state.idle.put(backend, conn, Instant::now()));
         }
     }
 
@@ -184,8 +185,8 @@ const PROBE_AFTER: Duration = Duration::from_millis(10);
 
 /// An idle connection is usable while reading it would block: the backend neither closed it
 /// (read returns 0) nor sent anything unasked (a stray byte would corrupt the next response).
-fn still_open((stream, _): &IdleConn) -> bool {
-    net::idle_usable(stream.get_ref())
+fn still_open(conn: &IdleConn) -> bool {
+    net::idle_usable(conn.stream.get_ref())
 }
 
 #[cfg(test)]
@@ -198,9 +199,15 @@ mod tests {
         smol::block_on(async {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
-            let client = Async::<TcpStream>::connect(addr).await.unwrap();
+            let stream = Async::<TcpStream>::connect(addr).await.unwrap();
             let (server, _) = listener.accept().unwrap();
-            let client = (client, addr);
+            let client = Box::new(UpstreamConn {
+                stream,
+                pool: 0,
+                backend: 0,
+                addr,
+                queue: VecDeque::new(),
+            });
             assert!(still_open(&client));
             drop(server);
             // The FIN arrives asynchronously.

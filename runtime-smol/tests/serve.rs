@@ -214,6 +214,38 @@ fn shutdown_lets_the_request_in_flight_finish_and_refuses_new_ones() {
 }
 
 #[test]
+fn shutdown_closes_idle_keep_alive_connections_at_once() {
+    let origin = origin(Duration::from_secs(30));
+    let proxy = start(&config(origin.addr, ""));
+    // Idle after an exchange, and idle before its first request.
+    let mut idle: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(proxy.addr()).unwrap())
+        .collect();
+    for client in &mut idle[..2] {
+        client.write_all(GET.as_bytes()).unwrap();
+        let (status, _) = read_response(&mut BufReader::new(client.try_clone().unwrap()));
+        assert_eq!(status, "HTTP/1.1 200 OK");
+    }
+    thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    proxy.stop();
+    // Far below `drain = "5s"`: nothing waited for the idle connections.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    for client in idle {
+        client
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut rest = Vec::new();
+        let read = (&client).read_to_end(&mut rest);
+        assert!(read.is_ok() && rest.is_empty(), "{read:?} {rest:?}");
+    }
+}
+
+#[test]
 fn tls_listener_serves_http11_with_the_configured_certificate() {
     let dir = std::env::temp_dir().join(format!("mxgate-smol-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -4,6 +4,7 @@
 //! parsers could disagree on where lines end is refused rather than forwarded.
 
 use super::reject::Reject;
+use super::request::RawHeader;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ScanLimits {
@@ -100,6 +101,48 @@ pub fn scan_head(
         }
         line_start = newline + 1;
     }
+}
+
+/// Where a head at the start of `buf` begins after the leading empty lines `scan_head`
+/// skips; `None` when `scan_head` has to decide (too many of them, or a bare CR or LF).
+pub fn head_start(buf: &[u8]) -> Option<usize> {
+    let mut start = 0;
+    while buf.len() >= start + 2 && &buf[start..start + 2] == b"\r\n" {
+        start += 2;
+        if start > 8 {
+            return None;
+        }
+    }
+    match buf.get(start) {
+        Some(b'\r' | b'\n') => None,
+        _ => Some(start),
+    }
+}
+
+/// Whether a head that httparse found complete at the start of `buf` (its first `len`
+/// bytes, header lines `headers`) passes `scan_head` as is: every line ends with CRLF and
+/// the limits hold. This replaces the scan on the common path (httparse already found
+/// every line end: each is the LF just before a header name or the end). `false`: let
+/// `scan_head` give the exact refusal, if any.
+///
+/// Folded lines need no check: httparse refuses a header line that starts with
+/// whitespace (the caller's parser configuration does not allow obs-fold).
+pub fn strict_lines(buf: &[u8], len: usize, headers: &[RawHeader], limits: ScanLimits) -> bool {
+    if len < 4 || len > buf.len() || len > limits.max_head || headers.len() + 1 > limits.max_lines {
+        return false;
+    }
+    // The line before `next_line` ends with CRLF.
+    let crlf_before = |next_line: usize| {
+        next_line >= 2 && buf[next_line - 2] == b'\r' && buf[next_line - 1] == b'\n'
+    };
+    let blank_line = len - 2;
+    let first_end = headers.first().map_or(blank_line, |h| h.name.start());
+    first_end >= 2
+        && first_end - 2 <= limits.max_first_line
+        && first_end - 2 > 0
+        && headers.iter().all(|h| crlf_before(h.name.start()))
+        && crlf_before(blank_line)
+        && crlf_before(len)
 }
 
 /// The position of the first `\n`, eight bytes at a time (heads are scanned on every

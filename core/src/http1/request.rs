@@ -57,6 +57,14 @@ impl Span {
     pub fn slice(&self, whole: &Bytes) -> Bytes {
         whole.slice(self.start as usize..self.end as usize)
     }
+
+    pub fn start(&self) -> usize {
+        self.start as usize
+    }
+
+    pub fn end(&self) -> usize {
+        self.end as usize
+    }
 }
 
 /// A header as it arrived: name and value as spans of the head.
@@ -73,6 +81,8 @@ pub struct RequestHead {
     method: Span,
     /// The request-target exactly as sent.
     target: Span,
+    /// The target's path: before `?` (a `#` is refused).
+    path: Span,
     pub version: Version,
     headers: Vec<RawHeader>,
     pub body: RequestBody,
@@ -116,18 +126,30 @@ impl RequestHead {
             .map(|h| (h.name.get(&self.raw), h.value.get(&self.raw)))
     }
 
+    /// Every header as spans of [`RequestHead::raw`], in order.
+    pub fn raw_headers(&self) -> &[RawHeader] {
+        &self.headers
+    }
+
+    /// The header storage, emptied, for the next parse (no allocation per request).
+    pub fn take_header_storage(&mut self) -> Vec<RawHeader> {
+        let mut headers = std::mem::take(&mut self.headers);
+        headers.clear();
+        headers
+    }
+
+    /// The method and target spans in [`RequestHead::raw`].
+    pub fn line_spans(&self) -> (Span, Span) {
+        (self.method, self.target)
+    }
+
     pub fn is_head_method(&self) -> bool {
         self.method() == b"HEAD"
     }
 
     /// The path part of the target (before `?`).
     pub fn path(&self) -> &[u8] {
-        let target = self.target();
-        let end = target
-            .iter()
-            .position(|&b| b == b'?' || b == b'#')
-            .unwrap_or(target.len());
-        &target[..end]
+        self.path.get(&self.raw)
     }
 
     /// Whether repeating this request is harmless (RFC 9110 §9.2.2).
@@ -163,7 +185,40 @@ pub const MAX_HEADERS: usize = 256;
 
 /// `max_headers` bounds the header count (the scanner already bounded the line count).
 pub fn parse_head(raw: Bytes, max_headers: usize) -> Result<RequestHead, Reject> {
-    let head = &raw[..];
+    parse_head_into(raw, max_headers, Vec::new())
+}
+
+/// [`parse_head`], storing the header spans in `headers` (emptied first): a connection
+/// passes the same storage back for every request.
+pub fn parse_head_into(
+    raw: Bytes,
+    max_headers: usize,
+    mut headers: Vec<RawHeader>,
+) -> Result<RequestHead, Reject> {
+    match parse_prefix(&raw, max_headers, &mut headers)? {
+        Some((mut head, _)) => {
+            head.raw = raw;
+            Ok(head)
+        }
+        // scan_head found the blank line, so httparse must see a complete head.
+        None => Err(Reject::BadRequestLine),
+    }
+}
+
+/// Parses a request head at the start of `buf`, which may go on with a body or the next
+/// request; `None` when the head is incomplete. On success the head takes `headers`'
+/// storage, its spans are offsets into `buf`, and its `raw` is empty: the caller sets it
+/// to the head's bytes, `buf[..len]` (returned with it).
+///
+/// Line endings are not checked here (httparse accepts a bare LF): see
+/// [`super::lines::scan_head`] and [`super::lines::strict_lines`].
+pub fn parse_prefix(
+    buf: &[u8],
+    max_headers: usize,
+    headers: &mut Vec<RawHeader>,
+) -> Result<Option<(RequestHead, usize)>, Reject> {
+    headers.clear();
+    let head = buf;
     // On the stack: no allocation per request. The scanner already bounded the count.
     let mut storage =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -178,10 +233,9 @@ pub fn parse_head(raw: Bytes, max_headers: usize) -> Result<RequestHead, Reject>
             httparse::Error::Token => Reject::BadRequestLine,
             _ => Reject::BadRequestLine,
         })?;
-    if status.is_partial() {
-        // scan_head found the blank line, so httparse must see a complete head.
-        return Err(Reject::BadRequestLine);
-    }
+    let httparse::Status::Complete(len) = status else {
+        return Ok(None);
+    };
     let method = req.method.ok_or(Reject::BadRequestLine)?;
     let target = req.path.ok_or(Reject::BadRequestLine)?;
     let version = match req.version {
@@ -194,16 +248,18 @@ pub fn parse_head(raw: Bytes, max_headers: usize) -> Result<RequestHead, Reject>
         // and asterisk-form (`OPTIONS *`) has nothing to route.
         return Err(Reject::NotOriginForm);
     }
-    if target.contains('#') {
+    if target.as_bytes().contains(&b'#') {
         // A fragment is never sent (RFC 9110 §4.2.4); parsers disagree on what follows it,
         // so it could hide dot segments from the routing check.
         return Err(Reject::FragmentInTarget);
     }
     let slice = |s: &[u8]| Span::of(head, s);
     let method = slice(method.as_bytes());
+    // `str::find` of an ASCII char is a memchr, not a byte loop; no `#` is left to stop at.
+    let path = slice(&target.as_bytes()[..target.find('?').unwrap_or(target.len())]);
     let target = slice(target.as_bytes());
 
-    let mut headers = Vec::with_capacity(req.headers.len());
+    headers.reserve(req.headers.len());
     let mut host: Option<Span> = None;
     let mut content_length: Option<u64> = None;
     let mut saw_transfer_encoding = false;
@@ -217,7 +273,11 @@ pub fn parse_head(raw: Bytes, max_headers: usize) -> Result<RequestHead, Reject>
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
-        if eq_ignore_case(name, b"host") {
+        // Only these lengths can name a header checked below: most headers skip the checks.
+        let checked = matches!(name.len(), 4 | 6 | 7 | 10 | 14 | 17);
+        if !checked {
+            // Nothing to check.
+        } else if eq_ignore_case(name, b"host") {
             if host.is_some() {
                 return Err(Reject::DuplicateHost);
             }
@@ -299,19 +359,21 @@ pub fn parse_head(raw: Bytes, max_headers: usize) -> Result<RequestHead, Reject>
         // `Content-Length: 0` stays explicit: some upstreams want it on an empty POST.
         content_length.map_or(RequestBody::None, RequestBody::Length)
     };
-    Ok(RequestHead {
-        raw,
+    let head = RequestHead {
+        raw: Bytes::new(),
         method,
         target,
+        path,
         version,
-        headers,
+        headers: std::mem::take(headers),
         body,
         host,
         close,
         expect_continue,
         upgrade: connection_upgrade && has_upgrade_header,
         connection_tokens,
-    })
+    };
+    Ok(Some((head, len)))
 }
 
 /// Whether the request line is well formed but for a version other than 1.0/1.1

@@ -37,11 +37,28 @@ impl ResponseHead {
         self.reason.get(&self.raw)
     }
 
+    /// The reason phrase as a span of [`ResponseHead::raw`].
+    pub fn reason_span(&self) -> Span {
+        self.reason
+    }
+
     /// Every header as (name, value), in order.
     pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         self.headers
             .iter()
             .map(|h| (h.name.get(&self.raw), h.value.get(&self.raw)))
+    }
+
+    /// Every header as spans of [`ResponseHead::raw`], in order.
+    pub fn raw_headers(&self) -> &[RawHeader] {
+        &self.headers
+    }
+
+    /// The header storage, emptied, for the next parse (no allocation per response).
+    pub fn take_header_storage(&mut self) -> Vec<RawHeader> {
+        let mut headers = std::mem::take(&mut self.headers);
+        headers.clear();
+        headers
     }
 
     /// Bytes of header names and values, to size the rewritten head.
@@ -53,25 +70,55 @@ impl ResponseHead {
 /// Parses a complete response head (as found by [`super::lines::scan_head`]).
 /// `head_request` says whether it answers a HEAD request (no body then).
 pub fn parse_head(raw: Bytes, head_request: bool) -> Result<ResponseHead, Reject> {
-    let head = &raw[..];
+    parse_head_into(raw, head_request, Vec::new())
+}
+
+/// [`parse_head`], storing the header spans in `headers` (emptied first): a connection
+/// passes the same storage back for every response.
+pub fn parse_head_into(
+    raw: Bytes,
+    head_request: bool,
+    mut headers: Vec<RawHeader>,
+) -> Result<ResponseHead, Reject> {
+    match parse_prefix(&raw, head_request, &mut headers)? {
+        Some((mut head, _)) => {
+            head.raw = raw;
+            Ok(head)
+        }
+        None => Err(Reject::BadRequestLine),
+    }
+}
+
+/// Parses a response head at the start of `buf`, which may go on with the body; `None`
+/// when the head is incomplete. As [`super::request::parse_prefix`]: the head takes
+/// `headers`' storage, its spans are offsets into `buf`, and the caller sets its `raw` to
+/// `buf[..len]`. Line endings are not checked here.
+pub fn parse_prefix(
+    buf: &[u8],
+    head_request: bool,
+    headers: &mut Vec<RawHeader>,
+) -> Result<Option<(ResponseHead, usize)>, Reject> {
+    headers.clear();
+    let head = buf;
     let mut storage =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
-    match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
         &mut resp,
         head,
         &mut storage,
     ) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return Err(Reject::BadRequestLine),
-    }
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(Reject::BadRequestLine),
+    };
     let status = resp
         .code
         .filter(|c| (100..=999).contains(c))
         .ok_or(Reject::BadStatus)?;
     let http10 = resp.version == Some(0);
     let reason = Span::of(head, resp.reason.unwrap_or("").as_bytes());
-    let mut headers = Vec::with_capacity(resp.headers.len());
+    headers.reserve(resp.headers.len());
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding: Option<bool> = None; // Some(chunked is final)
     let mut close = http10;
@@ -130,15 +177,16 @@ pub fn parse_head(raw: Bytes, head_request: bool) -> Result<ResponseHead, Reject
     if body == ResponseBody::UntilClose {
         close = true;
     }
-    Ok(ResponseHead {
-        raw,
+    let head = ResponseHead {
+        raw: Bytes::new(),
         status,
         reason,
-        headers,
+        headers: std::mem::take(headers),
         body,
         close,
         connection_tokens,
-    })
+    };
+    Ok(Some((head, len)))
 }
 
 #[cfg(test)]

@@ -7,8 +7,37 @@ pub fn eq_ignore_case(a: &[u8], lower: &[u8]) -> bool {
             .all(|(x, y)| x.to_ascii_lowercase() == *y)
 }
 
+/// `tchar` (RFC 9110 §5.6.2) by byte: a table, as every byte of a token is looked up.
+const TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    table
+};
+
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TCHAR[usize::from(b)]
 }
 
 /// A list element that is not a single token.
@@ -18,6 +47,11 @@ pub struct NotAToken;
 /// Calls `f` with each token of a comma-separated list (`#token` in RFC 9110), skipping
 /// empty elements. Errors if an element is not a single token.
 pub fn for_each_token(value: &[u8], mut f: impl FnMut(&[u8])) -> Result<(), NotAToken> {
+    if !value.is_empty() && value.iter().all(|&b| is_tchar(b)) {
+        // The usual value: one token (no comma or whitespace, which are not tchars).
+        f(value);
+        return Ok(());
+    }
     for element in value.split(|&b| b == b',') {
         let tok = super::request::trim_ows(element);
         if tok.is_empty() {
@@ -34,6 +68,11 @@ pub fn for_each_token(value: &[u8], mut f: impl FnMut(&[u8])) -> Result<(), NotA
 /// A Content-Length value: 1*DIGIT, or a list of identical such values (RFC 9110 §8.6
 /// lets a recipient accept `42, 42`). `None` for anything else, including overflow.
 pub fn parse_content_length(value: &[u8]) -> Option<u64> {
+    let digits = |d: &[u8]| d.iter().fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
+    if (1..=18).contains(&value.len()) && value.iter().all(u8::is_ascii_digit) {
+        // The usual value: one plain number.
+        return Some(digits(value));
+    }
     let mut result: Option<u64> = None;
     for element in value.split(|&b| b == b',') {
         let digits = super::request::trim_ows(element);
@@ -66,6 +105,14 @@ mod tests {
         assert_eq!(parse_content_length(b""), None);
         assert_eq!(parse_content_length(b"4 2"), None);
         assert_eq!(parse_content_length(b"99999999999999999999999"), None);
+    }
+
+    #[test]
+    fn tchar_table_is_rfc_9110() {
+        for b in 0..=255u8 {
+            let expected = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            assert_eq!(is_tchar(b), expected, "{b}");
+        }
     }
 
     #[test]

@@ -457,6 +457,14 @@ fn reused_connection_closed_by_upstream_is_retried_once_for_idempotent_requests(
     );
     h.connected(false).upstream(OK_RESPONSE);
     assert_eq!(status(&h.client_text()), 200);
+    assert_eq!(h.upstreams.len(), 2);
+    assert!(h.upstreams[0]
+        .received
+        .starts_with(b"GET /_matrix/a HTTP/1.1\r\n"));
+    assert_eq!(
+        h.upstreams[0].received, h.upstreams[1].received,
+        "the retry sends the same head"
+    );
 
     let mut post = Harness::new(CLIENT_HTTPS, "203.0.113.5");
     post.client(b"POST /_matrix/a HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}")
@@ -632,4 +640,60 @@ fn client_closing_during_a_long_poll_frees_the_upstream() {
     assert!(h.client_closed);
     assert_eq!(h.logs.len(), 1);
     assert_eq!(h.logs[0].status, 0, "no response reached the client");
+}
+
+#[test]
+fn buffers_are_kept_for_the_next_request_and_released_when_idle() {
+    let mut h = Harness::new(CLIENT_HTTPS, "203.0.113.5");
+    h.client(get("/_matrix/a").as_bytes())
+        .connected(true)
+        .upstream(OK_RESPONSE);
+    assert!(h.conn.is_idle());
+    let held = h.conn.held_buffer_bytes();
+    assert!(held > 0, "kept for a next request soon");
+    // The early idle deadline only releases the buffers; the connection stays open and
+    // its real idle deadline is the configured one.
+    let (at, kind) = h.conn.poll_timeout().expect("an idle deadline");
+    assert_eq!(kind, crate::TimerKind::ClientIdle);
+    assert!(at - h.now <= Duration::from_secs(1));
+    h.advance(Duration::from_secs(1));
+    assert!(!h.client_closed && !h.conn.is_closed());
+    assert_eq!(
+        h.conn.held_buffer_bytes(),
+        0,
+        "an idle connection holds no buffers"
+    );
+    let (at, kind) = h.conn.poll_timeout().expect("the idle timeout");
+    assert_eq!(kind, crate::TimerKind::ClientIdle);
+    assert!(at > h.now, "no expired deadline is kept");
+    // The next request works as the first did, and the idle timeout still closes.
+    h.client(get("/_matrix/b").as_bytes())
+        .connected(true)
+        .upstream(OK_RESPONSE);
+    assert_eq!(h.logs.len(), 2);
+    h.advance(Duration::from_secs(1))
+        .advance(Duration::from_secs(600));
+    assert!(h.client_closed);
+}
+
+#[test]
+fn connection_stays_small() {
+    // Every idle connection holds one; 288 bytes before the buffers were reused.
+    assert!(std::mem::size_of::<crate::Connection>() <= 280);
+}
+
+#[test]
+fn with_access_logging_off_exchanges_report_only_stats() {
+    let mut config = config();
+    config.runtime.access_log = crate::config::AccessLogFormat::Off;
+    let mut h = Harness::with_config(config, CLIENT_HTTPS, "203.0.113.5");
+    h.client(get("/_matrix/a").as_bytes())
+        .connected(true)
+        .upstream(OK_RESPONSE);
+    h.client(get("/_synapse/admin/v1/users").as_bytes());
+    assert!(h.logs.is_empty(), "no records to build");
+    let seen: Vec<_> = h.stats.iter().map(|s| (s.status(), s.pool())).collect();
+    assert_eq!(seen, vec![(200, Some(0)), (404, None)]);
+    assert!(h.stats[0].upstream_duration().is_some());
+    assert_eq!(h.stats[0].listener(), CLIENT_HTTPS);
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::config::*;
-use crate::{AccessRecord, Connection, Output};
+use crate::{AccessRecord, Connection, ExchangeStats, Output};
 
 pub const CLIENT_HTTP: ListenerId = 0;
 pub const CLIENT_HTTPS: ListenerId = 1;
@@ -109,6 +109,8 @@ pub struct Harness {
     pub connects: Vec<(PoolId, bool)>,
     pub upstreams: Vec<UpstreamConn>,
     pub logs: Vec<AccessRecord>,
+    /// What exchanges report with access logging off.
+    pub stats: Vec<ExchangeStats>,
     /// An upstream connection is wanted but not yet answered.
     pub pending_connect: bool,
 }
@@ -130,6 +132,7 @@ impl Harness {
             connects: Vec::new(),
             upstreams: Vec::new(),
             logs: Vec::new(),
+            stats: Vec::new(),
             pending_connect: false,
         };
         h.drain();
@@ -165,6 +168,7 @@ impl Harness {
                 }
                 Output::CloseClient => self.client_closed = true,
                 Output::AccessLog(r) => self.logs.push(*r),
+                Output::ExchangeDone(stats) => self.stats.push(stats),
             }
         }
     }

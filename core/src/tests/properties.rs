@@ -200,3 +200,202 @@ fn mask_ids(text: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// Heads from lines that are well formed, or subtly not (bare LF or CR, folds, spaces).
+fn head_text(request: bool) -> impl Strategy<Value = Vec<u8>> {
+    let first: &[&str] = if request {
+        &[
+            "GET /a HTTP/1.1",
+            "GET /a HTTP/1.0",
+            "GET  /a HTTP/1.1",
+            "GET /a HTTP/1.1 ",
+            "GET /a",
+        ]
+    } else {
+        &[
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 200",
+            "HTTP/1.0 204 No Content",
+            "HTTP/1.1 200 OK ",
+        ]
+    };
+    let lines = [
+        "Host: a",
+        "Host:a",
+        "X: y ",
+        " folded",
+        "\tX: y",
+        "X : y",
+        "Content-Length: 5",
+        "X:",
+        "X: a\rb",
+        "Transfer-Encoding: chunked",
+        "",
+        "Host: b",
+        "Connection: close, x",
+    ];
+    let ends = ["\r\n", "\r\n", "\r\n", "\n", "\r", "\r\r\n"];
+    (
+        0usize..6,
+        prop::sample::select(first.to_vec()),
+        prop::sample::select(ends.to_vec()),
+        prop::collection::vec(
+            (
+                prop::sample::select(lines.to_vec()),
+                prop::sample::select(ends.to_vec()),
+            ),
+            0..6,
+        ),
+        prop::sample::select(ends.to_vec()),
+        0usize..3,
+    )
+        .prop_map(|(leading, first, first_end, lines, last_end, tail)| {
+            let mut text = "\r\n".repeat(leading);
+            text.push_str(first);
+            text.push_str(first_end);
+            for (line, end) in lines {
+                text.push_str(line);
+                text.push_str(end);
+            }
+            text.push_str(last_end);
+            text.push_str(&"x".repeat(tail));
+            text.into_bytes()
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+    /// The one-parse path (`head_start`, `parse_prefix`, `strict_lines`) only accepts what
+    /// `scan_head` + `parse_head` accept, with the same bounds and the same result.
+    #[test]
+    fn one_parse_heads_agree_with_scanning_first(
+        request in any::<bool>(),
+        head in prop::bool::ANY.prop_flat_map(head_text),
+    ) {
+        use crate::http1::lines::{head_start, scan_head, strict_lines, HeadScan, ScanLimits, ScanState};
+        use crate::http1::{request as req, response as resp};
+        let limits = ScanLimits { max_first_line: 64, max_head: 200, max_lines: 5 };
+        let Some(start) = head_start(&head) else { return Ok(()) };
+        let buf = &head[start..];
+        let mut storage = Vec::new();
+        let fast = if request {
+            req::parse_prefix(buf, 4, &mut storage).ok().flatten()
+                .filter(|(h, len)| strict_lines(buf, *len, h.raw_headers(), limits))
+                .map(|(h, len)| {
+                    let (m, t) = h.line_spans();
+                    (len, format!("{:?}", (m.get(buf), t.get(buf), h.version, h.raw_headers().len(), h.body, h.close)))
+                })
+        } else {
+            resp::parse_prefix(buf, false, &mut storage).ok().flatten()
+                .filter(|(h, len)| strict_lines(buf, *len, h.raw_headers(), limits))
+                .map(|(h, len)| (len, format!("{:?}", (h.status, h.raw_headers().len(), h.body, h.close))))
+        };
+        let Some((len, fast)) = fast else { return Ok(()) };
+        let scan = scan_head(&head, &mut ScanState::default(), limits);
+        prop_assert_eq!(scan, Ok(HeadScan::Complete { start, end: start + len }));
+        let raw = bytes::Bytes::copy_from_slice(&head[start..start + len]);
+        let slow = if request {
+            let h = req::parse_head(raw, 4).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+            format!("{:?}", (h.method(), h.target(), h.version, h.raw_headers().len(), h.body, h.close))
+        } else {
+            let h = resp::parse_head(raw, false).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+            format!("{:?}", (h.status, h.raw_headers().len(), h.body, h.close))
+        };
+        prop_assert_eq!(fast, slow);
+    }
+}
+
+/// Paths built from routing prefixes, escapes (of `/`, `.`, letters and others), dots and
+/// slashes: where the shortcut past decoding could go wrong if it were wrong.
+fn routing_path() -> impl Strategy<Value = Vec<u8>> {
+    let starts = [
+        "/_matrix/client/v3/rooms/",
+        "/_matrix/a/",
+        "/_matrix",
+        "/_synapse/admin/",
+        "/_synapse/client/",
+        "/.well-known/matrix/",
+        "/health",
+        "/",
+        "/_synapse%2Fadmin/",
+        "/_matrix/federation/v1/send/",
+        "/_matrix/client/v3/%41",
+        "/_synapse/%61dmin",
+        "/_m%61trix/client/",
+        "/.well-known/matrix/serve%72",
+        "/%68ealth",
+    ];
+    let pieces = [
+        "%21",
+        "%3A",
+        "%2F",
+        "%2f",
+        "%2E",
+        "%2e",
+        "%61",
+        "%73",
+        "%",
+        "%%2e",
+        "%zz",
+        "%4",
+        "a",
+        "server",
+        "client",
+        "admin",
+        "/",
+        ".",
+        "..",
+        "/..",
+        "//",
+        "x%3Ay",
+        "_synapse",
+        "%41dmin",
+        "?",
+        "room",
+        "%2e%2e/",
+        "../",
+        "%2E%2E%2F",
+        "_synapse/admin",
+        "_synapse%2Fadmin",
+        "%2e%2e%2f%2e%2e%2f%2e%2e%2f%2e%2e%2f",
+        "%2F_synapse%2Fadmin",
+        "_matrix",
+        "serve%72",
+        "%73erver",
+    ];
+    (
+        prop::sample::select(starts.to_vec()),
+        prop::collection::vec(prop::sample::select(pieces.to_vec()), 0..12),
+    )
+        .prop_map(|(start, pieces)| {
+            let mut path = start.to_string();
+            for piece in pieces {
+                path.push_str(piece);
+            }
+            path.into_bytes()
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+    /// Skipping the decoded path when escapes cannot reroute gives the decision (or the
+    /// refusal) that decoding always gives.
+    #[test]
+    fn routing_without_decoding_agrees_with_decoding(
+        path in routing_path(),
+        listener in 0usize..3,
+        admin_client in any::<bool>(),
+    ) {
+        let config = config();
+        let listener = &config.listeners[listener.min(config.listeners.len() - 1)];
+        let client: std::net::IpAddr =
+            if admin_client { "127.0.0.1" } else { "203.0.113.5" }.parse().unwrap();
+        prop_assert_eq!(
+            crate::route::decide(&config, listener, &path, client),
+            crate::route::decide_decoding_always(&config, listener, &path, client),
+            "{}", String::from_utf8_lossy(&path)
+        );
+    }
+}

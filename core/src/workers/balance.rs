@@ -126,7 +126,12 @@ pub fn pick(
     match (policy, key) {
         (Policy::Hash(_), Some(key)) => hash::rendezvous(key, backends, |i| health.try_use(i)),
         (Policy::RoundRobin | Policy::Hash(_), _) => {
-            let start = counters.next.fetch_add(1, Ordering::Relaxed);
+            // One backend: nothing to rotate (and no atomic operation per request).
+            let start = if n == 1 {
+                0
+            } else {
+                counters.next.fetch_add(1, Ordering::Relaxed)
+            };
             (0..n)
                 .map(|j| (start.wrapping_add(j)) % n)
                 .find(|&i| health.try_use(i))
@@ -199,6 +204,22 @@ impl PoolRuntime {
 
     pub fn counters(&self) -> &PoolCounters {
         &self.counters
+    }
+
+    /// A request to `backend` started: counted in flight when the pool's policy reads
+    /// that count (least connections); other pools skip the atomic operation per request.
+    /// Pair with [`PoolRuntime::exchange_finished`].
+    pub fn exchange_started(&self, backend: usize) {
+        if self.policy == Policy::LeastConnections {
+            self.counters.started(backend);
+        }
+    }
+
+    /// That request ended (response done, failed or abandoned).
+    pub fn exchange_finished(&self, backend: usize) {
+        if self.policy == Policy::LeastConnections {
+            self.counters.finished(backend);
+        }
     }
 
     /// Picks a backend for a request the router matched with `sticky`; computes the key

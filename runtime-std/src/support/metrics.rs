@@ -2,6 +2,7 @@
 //! latency, open connections and client bytes, and the tiny `GET /metrics` responder the
 //! runtimes serve on `runtime.metrics_bind` (a separate listener, never proxied traffic).
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use mxgate_core::{AccessRecord, Config};
@@ -86,6 +87,12 @@ pub struct Metrics {
     pool_names: Vec<String>,
     requests: Family<RequestLabels, Counter>,
     upstream_latency: HistogramFamily,
+    /// Handles into `requests`, per listener × (no pool, pools…) × status class, each made
+    /// on first use (so only series that occurred are exported): counting a request then
+    /// takes no lock, no label hashing and no allocation.
+    request_counters: Vec<OnceLock<Counter>>,
+    /// Handles into `upstream_latency`, per pool, made on first use.
+    latency_histograms: Vec<OnceLock<Histogram>>,
     listeners: Vec<ListenerMetrics>,
     connect_failures: Vec<Counter>,
     /// `mxgate_backend_up`, per pool, per backend (set by `support::health`).
@@ -189,8 +196,11 @@ impl Metrics {
             .iter()
             .map(|name| connect_failures.get_or_create_owned(&PoolLabels { pool: name.clone() }))
             .collect();
+        let slots = listener_names.len() * (pool_names.len() + 1) * STATUS_CLASSES.len();
         Metrics {
             registry,
+            request_counters: (0..slots).map(|_| OnceLock::new()).collect(),
+            latency_histograms: pool_names.iter().map(|_| OnceLock::new()).collect(),
             listener_names,
             pool_names,
             requests,
@@ -217,24 +227,61 @@ impl Metrics {
 
     /// Counts one finished exchange.
     pub fn record(&self, record: &AccessRecord) {
-        let listener = self
-            .listener_names
-            .get(record.listener)
-            .cloned()
-            .unwrap_or_else(|| "-".into());
-        let pool = record.pool.and_then(|p| self.pool_names.get(p));
-        self.requests
-            .get_or_create(&RequestLabels {
-                listener,
-                pool: pool.cloned().unwrap_or_else(|| "-".into()),
-                status_class: status_class(record.status),
-            })
-            .inc();
-        if let (Some(pool), Some(d)) = (pool, record.upstream_duration) {
-            self.upstream_latency
-                .get_or_create(&PoolLabels { pool: pool.clone() })
+        self.count_exchange(
+            record.listener,
+            record.pool,
+            record.status,
+            record.upstream_duration,
+        );
+    }
+
+    /// Counts one finished exchange of `listener` sent to `pool` (`None`: answered locally)
+    /// with `status` and, if it got that far, the upstream's response time.
+    pub fn count_exchange(
+        &self,
+        listener: usize,
+        pool: Option<usize>,
+        status: u16,
+        upstream_duration: Option<Duration>,
+    ) {
+        let class = status_class_index(status);
+        let pool = pool.filter(|&p| p < self.pool_names.len());
+        let slot = (listener * (self.pool_names.len() + 1) + pool.map_or(0, |p| p + 1))
+            * STATUS_CLASSES.len()
+            + class;
+        match self.request_counters.get(slot) {
+            Some(cell) if listener < self.listener_names.len() => cell
+                .get_or_init(|| self.request_counter(listener, pool, class))
+                .inc(),
+            // An unknown listener: counted under "-" (never cached; the engine only reports
+            // configured listeners).
+            _ => self.request_counter(listener, pool, class).inc(),
+        };
+        if let (Some(pool), Some(d)) = (pool, upstream_duration) {
+            if let Some(cell) = self.latency_histograms.get(pool) {
+                cell.get_or_init(|| {
+                    self.upstream_latency.get_or_create_owned(&PoolLabels {
+                        pool: self.pool_names[pool].clone(),
+                    })
+                })
                 .observe(d.as_secs_f64());
+            }
         }
+    }
+
+    /// The `mxgate_requests` series of one listener, pool (`None`: answered locally) and
+    /// status class (an index into `STATUS_CLASSES`).
+    fn request_counter(&self, listener: usize, pool: Option<usize>, class: usize) -> Counter {
+        let name = |names: &[String], i: Option<usize>| {
+            i.and_then(|i| names.get(i))
+                .cloned()
+                .unwrap_or_else(|| "-".into())
+        };
+        self.requests.get_or_create_owned(&RequestLabels {
+            listener: name(&self.listener_names, Some(listener)),
+            pool: name(&self.pool_names, pool),
+            status_class: STATUS_CLASSES[class],
+        })
     }
 
     /// Counts a failed attempt to connect to a backend of `pool`.
@@ -288,15 +335,19 @@ pub fn head_complete(buf: &[u8]) -> bool {
     buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n")
 }
 
-fn status_class(status: u16) -> &'static str {
+/// The `status_class` label values; `status_class_index` picks one.
+const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn status_class_index(status: u16) -> usize {
     match status / 100 {
-        1 => "1xx",
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        5 => "5xx",
-        _ => "none",
+        class @ 1..=5 => usize::from(class),
+        _ => 0,
     }
+}
+
+#[cfg(test)]
+fn status_class(status: u16) -> &'static str {
+    STATUS_CLASSES[status_class_index(status)]
 }
 
 #[cfg(test)]
@@ -310,6 +361,44 @@ mod tests {
         assert_eq!(status_class(499), "4xx");
         assert_eq!(status_class(504), "5xx");
         assert_eq!(status_class(0), "none");
+    }
+
+    #[test]
+    fn requests_are_counted_per_listener_pool_and_class() {
+        let metrics = Metrics::new(&crate::support::testutil::config());
+        let record = |listener, pool: Option<usize>, status| AccessRecord {
+            listener,
+            client: "127.0.0.1".parse().unwrap(),
+            method: Default::default(),
+            target: Default::default(),
+            version: "HTTP/1.1",
+            status,
+            body_bytes_in: 0,
+            bytes_out: 0,
+            duration: Duration::ZERO,
+            upstream_duration: pool.map(|_| Duration::from_millis(3)),
+            pool,
+            request_id: Default::default(),
+            user_agent: Default::default(),
+            referer: Default::default(),
+            started: std::time::Instant::now(),
+        };
+        for _ in 0..3 {
+            metrics.record(&record(0, Some(0), 200));
+        }
+        metrics.record(&record(1, None, 404));
+        metrics.record(&record(7, Some(9), 999));
+        let text = metrics.encode();
+        for line in [
+            r#"mxgate_requests_total{listener="client",pool="homeserver",status_class="2xx"} 3"#,
+            r#"mxgate_requests_total{listener="federation",pool="-",status_class="4xx"} 1"#,
+            r#"mxgate_requests_total{listener="-",pool="-",status_class="none"} 1"#,
+            r#"mxgate_upstream_response_seconds_count{pool="homeserver"} 3"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        // Series appear only once they occurred.
+        assert!(!text.contains(r#"status_class="5xx""#), "{text}");
     }
 
     #[test]

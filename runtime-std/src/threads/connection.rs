@@ -411,6 +411,12 @@ impl Driver {
                             logging::access(&line);
                         }
                     }
+                    Output::ExchangeDone(stats) => self.shared.metrics.count_exchange(
+                        stats.listener(),
+                        stats.pool(),
+                        stats.status(),
+                        stats.upstream_duration(),
+                    ),
                 }
             }
             let now = Instant::now();
