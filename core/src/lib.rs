@@ -18,7 +18,7 @@ pub mod workers;
 
 pub use answer::overloaded as overloaded_response;
 pub use config::{Config, ListenerId, PoolId, UpstreamPool};
-pub use connection::Connection;
+pub use connection::{Connection, ExchangeBuffers};
 pub use output::{AccessRecord, ExchangeStats, Output, TimerKind};
 
 #[cfg(test)]

@@ -32,7 +32,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use mxgate_core::{AccessRecord, Connection, ListenerId, Output, PoolId, TimerKind};
+use mxgate_core::{
+    AccessRecord, Connection, ExchangeBuffers, ListenerId, Output, PoolId, TimerKind,
+};
 use mxgate_std::support::limit::Permit;
 use mxgate_std::support::metrics::OpenConnection;
 use mxgate_std::support::{access_log, logging};
@@ -92,6 +94,43 @@ fn give_back(queue: &mut VecDeque<Bytes>) {
             if let Ok(mut stock) = stock.try_borrow_mut() {
                 if stock.len() < SPARE_QUEUES {
                     stock.push(queue);
+                }
+            }
+        });
+    }
+}
+
+/// Most spare exchange buffers a thread keeps (as many as exchanges it runs at once, in
+/// practice; the rest are freed).
+const SPARE_EXCHANGE_BUFFERS: usize = 256;
+
+thread_local! {
+    /// The engine's reusable exchange buffers, taken from connections that went idle and
+    /// lent to the next one with a request: idle keep-alive connections hold none, busy
+    /// ones allocate none.
+    static SPARE_EXCHANGE_BUFFERS_STOCK: RefCell<Vec<ExchangeBuffers>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Lends an idle connection spare exchange buffers before it gets a request.
+fn lend_exchange_buffers(conn: &mut Connection) {
+    SPARE_EXCHANGE_BUFFERS_STOCK.with(|stock| {
+        if let Ok(mut stock) = stock.try_borrow_mut() {
+            if let Some(buffers) = stock.pop() {
+                if let Some(back) = conn.lend_buffers(buffers) {
+                    stock.push(back);
+                }
+            }
+        }
+    });
+}
+
+/// Takes an idle connection's exchange buffers into the thread's stock.
+fn take_exchange_buffers(conn: &mut Connection) {
+    if let Some(buffers) = conn.take_buffers() {
+        SPARE_EXCHANGE_BUFFERS_STOCK.with(|stock| {
+            if let Ok(mut stock) = stock.try_borrow_mut() {
+                if stock.len() < SPARE_EXCHANGE_BUFFERS {
+                    stock.push(buffers);
                 }
             }
         });
@@ -260,6 +299,12 @@ impl Driver {
                 !self.client_eof && !self.client_closed && self.conn.wants_client_read();
             let want_up =
                 self.up.as_ref().is_some_and(|u| !u.eof) && self.conn.wants_upstream_read();
+            if self.conn.is_idle() && self.up.is_none() {
+                // An idle keep-alive connection holds no write queue and no exchange
+                // buffers (taken before the deadline is read: it moves when they go).
+                give_back(&mut self.client_queue);
+                take_exchange_buffers(&mut self.conn);
+            }
             let deadline = self.deadline();
             if !want_client && !want_up && deadline.is_none() {
                 tracing::warn!(
@@ -267,10 +312,6 @@ impl Driver {
                      closing the connection (engine bug)"
                 );
                 break;
-            }
-            if self.conn.is_idle() && self.up.is_none() {
-                // An idle keep-alive connection holds no write queue either.
-                give_back(&mut self.client_queue);
             }
             match self.wait(want_client, want_up, deadline).await {
                 Wake::Client => {
@@ -417,6 +458,9 @@ impl Driver {
                     self.tls_socket_only = false;
                     if let Some(metrics) = self.shared.listener_metrics.get(self.listener) {
                         metrics.bytes_in.inc_by(n as u64);
+                    }
+                    if self.conn.is_idle() {
+                        lend_exchange_buffers(&mut self.conn);
                     }
                     self.conn.handle_client_data(&buf[..n], now);
                 }

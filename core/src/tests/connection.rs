@@ -677,6 +677,54 @@ fn buffers_are_kept_for_the_next_request_and_released_when_idle() {
 }
 
 #[test]
+fn buffers_taken_from_an_idle_connection_serve_another_one() {
+    let mut a = Harness::new(CLIENT_HTTPS, "203.0.113.5");
+    let mut b = Harness::new(CLIENT_HTTPS, "203.0.113.6");
+    assert!(
+        a.conn.take_buffers().is_none(),
+        "a new connection holds none"
+    );
+    a.client(get("/_matrix/a").as_bytes())
+        .connected(true)
+        .upstream(OK_RESPONSE);
+    let buffers = a
+        .conn
+        .take_buffers()
+        .expect("an idle connection after an exchange");
+    assert_eq!(a.conn.held_buffer_bytes(), 0, "nothing left behind");
+    let (at, kind) = a.conn.poll_timeout().expect("the idle timeout");
+    assert_eq!(kind, crate::TimerKind::ClientIdle);
+    assert!(
+        at - a.now > Duration::from_secs(1),
+        "no early release is due any more: the plain keep-alive timeout"
+    );
+    // Lent to a connection that is about to get a request: used, not handed back.
+    assert!(b.conn.lend_buffers(buffers).is_none());
+    b.client(get("/_matrix/b").as_bytes())
+        .connected(true)
+        .upstream(OK_RESPONSE);
+    assert_eq!(b.logs.len(), 1);
+    assert_eq!(b.logs[0].status, 200);
+    assert!(b.to_client.starts_with(b"HTTP/1.1 200"));
+    // A connection that has its own gives lent ones back; both still work.
+    let buffers = b.conn.take_buffers().expect("b is idle again");
+    a.client(get("/_matrix/c").as_bytes())
+        .connected(true)
+        .upstream(OK_RESPONSE);
+    assert!(a.conn.lend_buffers(buffers).is_some(), "a has its own");
+    assert_eq!(a.logs.len(), 2);
+}
+
+#[test]
+fn buffers_are_not_taken_while_an_exchange_is_in_flight() {
+    let mut h = Harness::new(CLIENT_HTTPS, "203.0.113.5");
+    h.client(get("/_matrix/a").as_bytes()).connected(true);
+    assert!(h.conn.take_buffers().is_none());
+    h.upstream(OK_RESPONSE);
+    assert!(h.conn.take_buffers().is_some());
+}
+
+#[test]
 fn connection_stays_small() {
     // Every idle connection holds one; 288 bytes before the buffers were reused.
     assert!(std::mem::size_of::<crate::Connection>() <= 280);
