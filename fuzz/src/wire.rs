@@ -8,7 +8,7 @@
 //! Transfer-Encoding overrides its Content-Length).
 //!
 //! This file is shared: the fuzz crate compiles it, and so do the core's regression tests
-//! (`core/src/tests/regressions.rs`), so it uses nothing but std and httparse.
+//! (`core/tests/fuzz_regressions.rs`), so it uses nothing but std and httparse.
 
 /// Most header fields read in one head.
 const MAX_HEADERS: usize = 512;

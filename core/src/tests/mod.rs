@@ -3,6 +3,5 @@
 mod connection;
 mod harness;
 mod properties;
-mod regressions;
 mod table;
 mod workers;

@@ -1,23 +1,24 @@
 //! Replays every file under `fuzz/regressions/<target>/` through that fuzz target's own
 //! invariants: the fuzz crate's shared files (`fuzz/src/{wire,driver,targets}.rs`) are
-//! compiled into this test, with `mx` naming this crate's API as the fuzz crate's does.
+//! compiled into this test, with `mx` naming the core's API as the fuzz crate's does. (An
+//! integration test: it reads files, which the engine itself never does.)
 
 use std::path::{Path, PathBuf};
 
 /// The core's API, under the name the shared fuzz files use.
 mod mx {
-    pub use crate::config::*;
-    pub use crate::{route, Connection, Output};
+    pub use mxgate_core::config::*;
+    pub use mxgate_core::{route, Connection, Output};
 }
 
 #[allow(dead_code)]
-#[path = "../../../fuzz/src/driver.rs"]
+#[path = "../../fuzz/src/driver.rs"]
 mod driver;
 #[allow(dead_code)]
-#[path = "../../../fuzz/src/targets.rs"]
+#[path = "../../fuzz/src/targets.rs"]
 mod targets;
 #[allow(dead_code)]
-#[path = "../../../fuzz/src/wire.rs"]
+#[path = "../../fuzz/src/wire.rs"]
 mod wire;
 
 /// No heap probe here (tests run on several threads); the fuzz binaries have one.
