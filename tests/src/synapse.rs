@@ -16,6 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::pki::Pki;
+use crate::proxy::{ListenerSpec, ProxyConfig, Role};
+
 /// Cold provisioning (venv + pip install from PyPI) takes ~20 s here; leave room for a slow
 /// network.
 pub const PROVISION_TIMEOUT: Duration = Duration::from_secs(900);
@@ -357,6 +360,26 @@ pub fn ask(port: u16, request: &[u8], want: usize) -> Vec<u8> {
         }
     }
     got
+}
+
+/// mxgate with one TLS client listener in front of Synapse on 127.0.0.1:`synapse_port`,
+/// with the defaults a Synapse admin gets (admin API refused, 50 MiB bodies, long-poll-safe
+/// timeouts).
+pub fn proxy_config(pki: &Pki, synapse_port: u16) -> ProxyConfig {
+    ProxyConfig {
+        server_name: "localhost".into(),
+        public_url: None,
+        homeserver: format!("http://127.0.0.1:{synapse_port}"),
+        tls: Some((pki.server.cert.clone(), pki.server.key.clone())),
+        sni: Vec::new(),
+        listeners: vec![ListenerSpec {
+            role: Role::Client,
+            tls: true,
+        }],
+        top: Vec::new(),
+        sections: Vec::new(),
+        listener_lines: Vec::new(),
+    }
 }
 
 /// What `client_flow.py` needs: where the proxy is and how to reach Synapse directly.

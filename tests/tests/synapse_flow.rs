@@ -5,7 +5,8 @@
 //! 2. `tests/synapse/homeserver.py` writes a throw-away config (SQLite, 127.0.0.1, free port,
 //!    `x_forwarded`, `request_id_header: X-Request-ID`) and Synapse runs in its own process
 //!    group; we wait for `GET /health` = 200.
-//! 3. [`start_proxy`] starts mxgate (each runtime in turn) over TLS in front of it.
+//! 3. mxgate (each runtime in turn) starts over TLS in front of it
+//!    ([`mxgate_e2e::synapse::proxy_config`]).
 //! 4. `tests/synapse/client_flow.py` registers users, logs in, creates a room, sends non-ASCII
 //!    messages, long-polls `/sync`, uploads and downloads media, checks the client address
 //!    and request id Synapse saw, `.well-known`, `/health` — through the proxy.
@@ -24,11 +25,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use mxgate_e2e::pki::Pki;
-use mxgate_e2e::proxy::{free_ports, ListenerSpec, Proxy, ProxyConfig, Role};
-use mxgate_e2e::runtime::{runtimes, Runtime};
+use mxgate_e2e::proxy::{free_ports, Proxy};
+use mxgate_e2e::runtime::runtimes;
 use mxgate_e2e::synapse::{
-    health_ok, log_tails, opted_out, provision, run_client_flow, run_dir, run_generator,
-    synapse_dir, FlowTarget, ProcessGuard,
+    health_ok, log_tails, opted_out, provision, proxy_config, run_client_flow, run_dir,
+    run_generator, synapse_dir, FlowTarget, ProcessGuard,
 };
 
 const LOG_TAIL_LINES: usize = 80;
@@ -86,26 +87,6 @@ fn start_synapse(python: &Path, dir: &Path) -> Result<Synapse, String> {
     })
 }
 
-/// Starts runtime `rt` of mxgate over TLS in front of Synapse, with the defaults a Synapse
-/// admin gets: admin API refused, 50 MiB bodies, long-poll-safe timeouts.
-fn start_proxy(rt: &Runtime, pki: &Pki, synapse_port: u16) -> Proxy {
-    let config = ProxyConfig {
-        server_name: "localhost".into(),
-        public_url: None,
-        homeserver: format!("http://127.0.0.1:{synapse_port}"),
-        tls: Some((pki.server.cert.clone(), pki.server.key.clone())),
-        sni: Vec::new(),
-        listeners: vec![ListenerSpec {
-            role: Role::Client,
-            tls: true,
-        }],
-        top: Vec::new(),
-        sections: Vec::new(),
-        listener_lines: Vec::new(),
-    };
-    Proxy::start(rt, config)
-}
-
 #[test]
 fn synapse_client_flow_through_proxy() {
     if opted_out() {
@@ -120,7 +101,7 @@ fn synapse_client_flow_through_proxy() {
         let synapse = start_synapse(&python, &dir)
             .unwrap_or_else(|e| panic!("cannot start Synapse: {e}\n(kept {})", dir.display()));
         let pki = Pki::new();
-        let proxy = start_proxy(&rt, &pki, synapse.port);
+        let proxy = Proxy::start(&rt, proxy_config(&pki, synapse.port));
         let proxy_url = format!("https://127.0.0.1:{}", proxy.client_tls().port());
         println!("[{}] client flow through {proxy_url}", rt.name);
 

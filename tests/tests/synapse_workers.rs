@@ -31,12 +31,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use mxgate_e2e::pki::Pki;
-use mxgate_e2e::proxy::{free_ports, ListenerSpec, Proxy, ProxyConfig, Role};
+use mxgate_e2e::proxy::{free_ports, Proxy};
 use mxgate_e2e::runtime::{runtimes, Runtime};
 use mxgate_e2e::synapse::{
-    ask, health_ok, log_tails, opted_out, provision, repo_root, run_bounded, run_client_flow,
-    run_dir, run_generator, synapse_dir, FlowTarget, ProcessGuard, GENERATE_TIMEOUT,
-    PROVISION_TIMEOUT,
+    ask, health_ok, log_tails, opted_out, provision, proxy_config, repo_root, run_bounded,
+    run_client_flow, run_dir, run_generator, synapse_dir, FlowTarget, ProcessGuard,
+    GENERATE_TIMEOUT, PROVISION_TIMEOUT,
 };
 
 const LOG_TAIL_LINES: usize = 80;
@@ -259,22 +259,9 @@ fn start_cluster(python: &Path, pythonpath: &Path, dir: &Path) -> Result<Cluster
 /// mxgate over TLS in front of main, with the synchrotron and client_reader pools on worker1.
 fn start_proxy(rt: &Runtime, pki: &Pki, main_port: u16, worker_port: u16) -> Proxy {
     let worker = format!("backends = [\"http://127.0.0.1:{worker_port}\"]");
-    let config = ProxyConfig {
-        server_name: "localhost".into(),
-        public_url: None,
-        homeserver: format!("http://127.0.0.1:{main_port}"),
-        tls: Some((pki.server.cert.clone(), pki.server.key.clone())),
-        sni: Vec::new(),
-        listeners: vec![ListenerSpec {
-            role: Role::Client,
-            tls: true,
-        }],
-        top: Vec::new(),
-        sections: Vec::new(),
-        listener_lines: Vec::new(),
-    }
-    .section("workers.synchrotron", &worker)
-    .section("workers.client_reader", &worker);
+    let config = proxy_config(pki, main_port)
+        .section("workers.synchrotron", &worker)
+        .section("workers.client_reader", &worker);
     Proxy::start(rt, config)
 }
 

@@ -178,12 +178,12 @@ impl RequestHead {
     }
 }
 
-/// Parses a complete request head (as found by [`super::lines::scan_head`]). Every field
-/// of the result is a slice of `head`.
 /// The most header fields any configuration may allow.
 pub const MAX_HEADERS: usize = 256;
 
-/// `max_headers` bounds the header count (the scanner already bounded the line count).
+/// Parses a complete request head (as found by [`super::lines::scan_head`]). Every field
+/// of the result is a slice of `raw`. `max_headers` bounds the header count (the scanner
+/// already bounded the line count).
 pub fn parse_head(raw: Bytes, max_headers: usize) -> Result<RequestHead, Reject> {
     parse_head_into(raw, max_headers, Vec::new())
 }
