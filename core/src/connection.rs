@@ -48,8 +48,6 @@ pub struct Connection {
     listener: u32,
     /// The client address as the socket reports it, canonical.
     peer: IpAddr,
-    /// `peer` as text, for `X-Forwarded-For`.
-    peer_text: Bytes,
     ids: RequestIds,
     /// Client bytes not yet consumed.
     rx: BytesMut,
@@ -242,13 +240,12 @@ impl Connection {
         seed: u64,
         now: Instant,
     ) -> Self {
-        let (peer, peer_text) = forwarded::peer(peer);
+        let peer = forwarded::peer(peer);
         let mut conn = Connection {
             config,
             // Listener ids index the configuration's listeners: a handful.
             listener: u32::try_from(listener).unwrap_or(u32::MAX),
             peer,
-            peer_text,
             ids: RequestIds::new(seed),
             rx: BytesMut::new(),
             outputs: VecDeque::new(),
@@ -418,7 +415,7 @@ impl Connection {
                     &mut scratch(&mut self.scratch).out,
                     &ex.head,
                     &ex.identity,
-                    &self.peer_text,
+                    forwarded::IpText::new(self.peer).as_bytes(),
                     self.config.forwarding.request_id_header.as_str(),
                     &self.config.server_name,
                 );
@@ -591,11 +588,12 @@ impl Connection {
         matches!(self.state, State::Closed) && self.outputs.is_empty()
     }
 
-    // --------------------------------------------------------------------------- internals
-
-    fn listener(&self) -> ListenerId {
+    /// The listener the connection was accepted on.
+    pub fn listener(&self) -> ListenerId {
         self.listener as ListenerId
     }
+
+    // --------------------------------------------------------------------------- internals
 
     /// Heap bytes the connection's buffers hold (not counting what `Bytes` handed out
     /// still share).
@@ -1014,7 +1012,7 @@ impl Connection {
             &mut scratch(&mut self.scratch).out,
             &head,
             &identity,
-            &self.peer_text,
+            forwarded::IpText::new(self.peer).as_bytes(),
             self.config.forwarding.request_id_header.as_str(),
             &self.config.server_name,
         );

@@ -97,11 +97,36 @@ fn acceptable_request_id(v: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
 }
 
-/// The peer as the connection knows it: its canonical address, and that address as text
-/// (rendered once per connection, not per request).
-pub fn peer(ip: IpAddr) -> (IpAddr, Bytes) {
-    let ip = canonical_ip(ip);
-    (ip, Bytes::from(ip.to_string()))
+/// The peer as the connection knows it: its canonical address (as text, [`IpText`] renders
+/// it where a request needs it).
+pub fn peer(ip: IpAddr) -> IpAddr {
+    canonical_ip(ip)
+}
+
+/// Room for the longest text of an IP address (45 characters: IPv6 with an embedded IPv4).
+const IP_TEXT_ROOM: usize = 48;
+
+/// An IP address as text, rendered on the stack when needed (a connection keeps no copy of
+/// its peer's address as text: it would be held by every idle connection).
+pub struct IpText {
+    text: [u8; IP_TEXT_ROOM],
+    len: usize,
+}
+
+impl IpText {
+    pub fn new(ip: IpAddr) -> Self {
+        use std::io::Write;
+        let mut text = [0u8; IP_TEXT_ROOM];
+        let mut rest = &mut text[..];
+        // Cannot fail: every address fits (a failure would leave what fitted).
+        let _ = write!(rest, "{ip}");
+        let len = IP_TEXT_ROOM - rest.len();
+        IpText { text, len }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.text[..self.len]
+    }
 }
 
 /// `peer` is the canonical address (from [`peer`]).

@@ -68,35 +68,67 @@ const SPARE_QUEUE_CAPACITY: usize = 64;
 
 thread_local! {
     /// Emptied write queues (with their capacity) for the next connection on this thread
-    /// that has something to write.
-    static SPARE_QUEUES_STOCK: RefCell<Vec<VecDeque<Bytes>>> = const { RefCell::new(Vec::new()) };
+    /// that has something to write. Boxed: a client's queue is lent as it is.
+    #[allow(clippy::vec_box)]
+    static SPARE_QUEUES_STOCK: RefCell<Vec<Box<VecDeque<Bytes>>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Appends to a write queue, lending it a spare one's capacity first if it has none.
+/// A spare queue from the thread's stock.
+#[allow(clippy::box_collection)]
+fn spare_queue() -> Option<Box<VecDeque<Bytes>>> {
+    SPARE_QUEUES_STOCK.with(|stock| stock.try_borrow_mut().ok()?.pop())
+}
+
+/// Appends to an upstream write queue, lending it a spare one's capacity first if it has
+/// none (kept with the pooled connection from then on).
 fn enqueue(queue: &mut VecDeque<Bytes>, bytes: Bytes) {
     if queue.capacity() == 0 {
-        if let Some(spare) = SPARE_QUEUES_STOCK.with(|stock| stock.borrow_mut().pop()) {
-            *queue = spare;
+        if let Some(spare) = spare_queue() {
+            *queue = *spare;
         }
     }
     queue.push_back(bytes);
 }
 
-/// Takes an emptied queue's capacity back into the thread's stock (the queue is left
-/// without any).
-fn give_back(queue: &mut VecDeque<Bytes>) {
-    if queue.capacity() == 0 || !queue.is_empty() {
-        return;
+/// The write queue to the client: lent from the thread's stock while something is queued,
+/// so an idle connection holds a pointer's worth (not a `VecDeque`) and none is allocated
+/// per request once warm.
+#[derive(Default)]
+#[allow(clippy::box_collection)] // Boxed on purpose: 8 bytes in every task, not 32.
+struct ClientQueue(Option<Box<VecDeque<Bytes>>>);
+
+impl ClientQueue {
+    fn clear(&mut self) {
+        if let Some(queue) = self.0.as_mut() {
+            queue.clear();
+        }
     }
-    let queue = std::mem::take(queue);
-    if queue.capacity() <= SPARE_QUEUE_CAPACITY {
-        SPARE_QUEUES_STOCK.with(|stock| {
-            if let Ok(mut stock) = stock.try_borrow_mut() {
-                if stock.len() < SPARE_QUEUES {
-                    stock.push(queue);
+
+    fn push(&mut self, bytes: Bytes) {
+        self.0
+            .get_or_insert_with(|| spare_queue().unwrap_or_default())
+            .push_back(bytes);
+    }
+
+    /// The queue, when something is queued.
+    fn pending(&mut self) -> Option<&mut VecDeque<Bytes>> {
+        self.0.as_deref_mut().filter(|queue| !queue.is_empty())
+    }
+
+    /// Gives an emptied queue back into the thread's stock.
+    fn give_back(&mut self) {
+        let Some(queue) = self.0.take_if(|queue| queue.is_empty()) else {
+            return;
+        };
+        if queue.capacity() <= SPARE_QUEUE_CAPACITY {
+            SPARE_QUEUES_STOCK.with(|stock| {
+                if let Ok(mut stock) = stock.try_borrow_mut() {
+                    if stock.len() < SPARE_QUEUES {
+                        stock.push(queue);
+                    }
                 }
-            }
-        });
+            });
+        }
     }
 }
 
@@ -153,49 +185,45 @@ const LINGER_MAX_BYTES: usize = 1024 * 1024;
 /// Bound on sending TLS close_notify and the TCP FIN.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs one client connection to its end.
-///
-/// Not an `async fn`, and `run` borrows: the `Driver` is stored once in the task (rustc keeps
-/// both a moved-from local and the callee's by-value parameter in an async state machine).
-pub(crate) fn drive(opened: Opened) -> impl Future<Output = ()> + Send {
-    let Opened {
-        shared,
-        listener,
-        peer,
-        client,
-        guards,
-    } = opened;
-    let conn = Connection::new(
-        shared.config.clone(),
-        listener,
-        mxgate_core::config::canonical_ip(peer),
-        fastrand::u64(..),
-        Instant::now(),
-    );
-    let mut driver = Driver {
-        shared,
-        conn,
-        client,
-        client_eof: false,
-        client_broken: false,
-        client_closed: false,
-        client_more: false,
-        tls_socket_only: false,
-        client_queue: VecDeque::new(),
-        up: None,
-        shutdown_key: NOT_REGISTERED,
-        shutdown_seen: false,
-        upstream_first: false,
-        listener,
-        _guards: guards,
-        timer: Timer::never(),
-        armed: None,
-        fired: None,
-        warned: false,
-    };
-    async move {
-        driver.run().await;
-        tracing::trace!(listener, "connection closed");
+impl Driver {
+    /// The driver for a client connection, to be run ([`Driver::run`]) in the connection's
+    /// task. The task holds it as a local that `run` borrows, so it is stored once (rustc
+    /// keeps both a moved-from local and the callee's by-value parameter in an async state
+    /// machine), with no wrapping future around it.
+    pub(crate) fn new(opened: Opened) -> Driver {
+        let Opened {
+            shared,
+            listener,
+            peer,
+            client,
+            guards,
+        } = opened;
+        let conn = Connection::new(
+            shared.config.clone(),
+            listener,
+            mxgate_core::config::canonical_ip(peer),
+            fastrand::u64(..),
+            Instant::now(),
+        );
+        Driver {
+            shared,
+            conn,
+            client,
+            client_eof: false,
+            client_broken: false,
+            client_closed: false,
+            client_more: false,
+            tls_socket_only: false,
+            client_queue: ClientQueue::default(),
+            up: None,
+            shutdown_key: NOT_REGISTERED,
+            shutdown_seen: false,
+            upstream_first: false,
+            _guards: guards,
+            timer: Timer::never(),
+            timer_state: TimerState::Unarmed,
+            warned: false,
+        }
     }
 }
 
@@ -238,6 +266,38 @@ enum Step {
     Close,
 }
 
+/// An upstream connection the engine asked for: pool, backend, fresh.
+type Connect = (PoolId, usize, bool);
+
+/// What [`Driver::drain_now`] stopped at because it has to be waited for.
+enum Blocked {
+    /// A write would block (the outputs before it are queued).
+    Flush,
+    /// The upstream's writes would block before it can be released.
+    Release(bool),
+    /// The client is to be closed (after its writes).
+    Close,
+    /// No idle upstream connection: a new one is to be connected.
+    Connect(PoolId, usize),
+}
+
+/// The connection's timer. One field, not an armed and a fired instant: a connection holds
+/// it even while idle.
+enum TimerState {
+    Unarmed,
+    /// Set to fire at this instant (at or before the engine's deadline).
+    Armed(Instant),
+    /// Fired, and `handle_timeout` was called for this deadline: should the engine keep
+    /// reporting it (a bug), it is ignored rather than handled in a busy loop.
+    Fired(Instant),
+}
+
+/// Which reads a wait is for.
+struct Wants {
+    client: bool,
+    upstream: bool,
+}
+
 enum Wake {
     Client,
     Upstream,
@@ -245,7 +305,8 @@ enum Wake {
     Shutdown,
 }
 
-struct Driver {
+/// Runs one client connection to its end (see the module's documentation).
+pub(crate) struct Driver {
     shared: Arc<Shared>,
     conn: Connection,
     client: ClientStream,
@@ -258,7 +319,7 @@ struct Driver {
     client_more: bool,
     /// A TLS read found nothing although rustls looked ready: wait for the socket next time.
     tls_socket_only: bool,
-    client_queue: VecDeque<Bytes>,
+    client_queue: ClientQueue,
     up: Option<Upstream>,
     /// This task's registration in `Shared::shutdown_wakers`, made on the first wait
     /// (`NOT_REGISTERED` before).
@@ -267,14 +328,10 @@ struct Driver {
     shutdown_seen: bool,
     /// Which side the next wait checks first (alternates, so neither starves the other).
     upstream_first: bool,
-    /// Which listener accepted the connection (its metrics: `Shared::listener_metrics`).
-    listener: ListenerId,
     _guards: Guards,
-    /// Fires at `armed` (at or before the engine's deadline).
+    /// Fires at the armed instant (at or before the engine's deadline).
     timer: Timer,
-    armed: Option<Instant>,
-    /// The last deadline `handle_timeout` was called for.
-    fired: Option<Instant>,
+    timer_state: TimerState,
     warned: bool,
 }
 
@@ -284,36 +341,34 @@ impl Drop for Driver {
             self.shared.shutdown_wakers.deregister(self.shutdown_key);
         }
         self.client_queue.clear();
-        give_back(&mut self.client_queue);
+        self.client_queue.give_back();
     }
 }
 
 impl Driver {
-    async fn run(&mut self) {
+    pub(crate) async fn run(&mut self) {
         loop {
-            self.drain().await;
+            // Draining is done in place as far as nothing has to be waited for (the usual
+            // case); the rest goes on in a boxed future, so that no draining state is part of
+            // the task (nor awaited through a nested future).
+            let blocked = future::poll_fn(|cx| Poll::Ready(self.drain_now(cx))).await;
+            if let Some((blocked, connect)) = blocked {
+                Box::pin(self.drain_blocked(blocked, connect)).await;
+            }
             if self.conn.is_closed() {
                 break;
             }
-            let want_client =
-                !self.client_eof && !self.client_closed && self.conn.wants_client_read();
-            let want_up =
-                self.up.as_ref().is_some_and(|u| !u.eof) && self.conn.wants_upstream_read();
-            if self.conn.is_idle() && self.up.is_none() {
-                // An idle keep-alive connection holds no write queue and no exchange
-                // buffers (taken before the deadline is read: it moves when they go).
-                give_back(&mut self.client_queue);
-                take_exchange_buffers(&mut self.conn);
-            }
-            let deadline = self.deadline();
-            if !want_client && !want_up && deadline.is_none() {
+            if !self.prepare_wait() {
                 tracing::warn!(
                     "engine waits for nothing (no read wanted, no deadline) and is not closed: \
                      closing the connection (engine bug)"
                 );
                 break;
             }
-            match self.wait(want_client, want_up, deadline).await {
+            // Nothing but the driver is kept across the wait: which reads are wanted and the
+            // deadline are read again (nothing reaches the engine while waiting).
+            let wake = future::poll_fn(|cx| self.poll_wait(cx)).await;
+            match wake {
                 Wake::Client => {
                     future::poll_fn(|cx| {
                         self.read_client(cx);
@@ -329,12 +384,13 @@ impl Driver {
                     .await
                 }
                 Wake::Timer => {
-                    self.armed = None;
+                    self.timer_state = TimerState::Unarmed;
                     let now = Instant::now();
-                    // The timer may have been armed for an earlier deadline than the engine's
-                    // current one: then it only gets re-armed.
-                    if deadline.is_some_and(|at| at <= now) {
-                        self.fired = deadline;
+                    // Nothing reached the engine while waiting: its deadline is the one the
+                    // wait began with. The timer may have been armed for an earlier deadline
+                    // than that: then it only gets re-armed.
+                    if let Some(at) = self.deadline().filter(|&at| at <= now) {
+                        self.timer_state = TimerState::Fired(at);
                         self.conn.handle_timeout(now);
                     }
                 }
@@ -347,12 +403,42 @@ impl Driver {
         // Boxed: the lingering close is rare and its state would otherwise enlarge every
         // connection's task.
         Box::pin(self.finish()).await;
+        tracing::trace!(listener = self.conn.listener(), "connection closed");
+    }
+
+    /// Which reads the engine wants now.
+    fn wants(&self) -> Wants {
+        Wants {
+            client: !self.client_eof && !self.client_closed && self.conn.wants_client_read(),
+            upstream: self.up.as_ref().is_some_and(|u| !u.eof) && self.conn.wants_upstream_read(),
+        }
+    }
+
+    /// Gets ready to wait: gives an idle connection's buffers back and arms the timer for
+    /// the engine's deadline; `false` when there is nothing to wait for.
+    fn prepare_wait(&mut self) -> bool {
+        let wants = self.wants();
+        if self.conn.is_idle() && self.up.is_none() {
+            // An idle keep-alive connection holds no write queue and no exchange
+            // buffers (taken before the deadline is read: it moves when they go).
+            self.client_queue.give_back();
+            take_exchange_buffers(&mut self.conn);
+        }
+        let deadline = self.deadline();
+        if !wants.client && !wants.upstream && deadline.is_none() {
+            return false;
+        }
+        self.arm_timer(deadline);
+        self.upstream_first = !self.upstream_first;
+        true
     }
 
     /// The engine's next deadline, ignoring one it keeps after it was handled (no busy loop).
     fn deadline(&mut self) -> Option<Instant> {
         let (at, kind) = self.conn.poll_timeout()?;
-        if self.fired == Some(at) && at <= Instant::now() {
+        if matches!(self.timer_state, TimerState::Fired(fired) if fired == at)
+            && at <= Instant::now()
+        {
             if !self.warned {
                 self.warned = true;
                 tracing::warn!(
@@ -365,23 +451,23 @@ impl Driver {
         Some(at)
     }
 
-    async fn wait(&mut self, want_client: bool, want_up: bool, deadline: Option<Instant>) -> Wake {
-        // Re-arm only when the deadline moved earlier (or nothing is armed): a later deadline
-        // is met by re-arming when the earlier timer fires.
+    /// Re-arms the timer only when the deadline moved earlier (or nothing is armed): a later
+    /// deadline is met by re-arming when the earlier timer fires.
+    fn arm_timer(&mut self, deadline: Option<Instant>) {
         if let Some(at) = deadline {
-            if self.armed.is_none_or(|armed| at < armed) {
+            if !matches!(self.timer_state, TimerState::Armed(armed) if armed <= at) {
                 self.timer.set_at(at);
-                self.armed = Some(at);
+                self.timer_state = TimerState::Armed(at);
             }
         }
-        self.upstream_first = !self.upstream_first;
-        future::poll_fn(|cx| self.poll_wait(want_client, want_up, cx)).await
     }
 
     /// What to do next, polled in place: no future is stored for any of the sources. Sockets
     /// use their single waker slot, which stays registered when the task stops waiting, so
     /// waiting again costs no `epoll_ctl` (see `ClientStream::poll_ready`).
-    fn poll_wait(&mut self, want_client: bool, want_up: bool, cx: &mut Context<'_>) -> Poll<Wake> {
+    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
+        let wants = self.wants();
+        let (want_client, want_up) = (wants.client, wants.upstream);
         if self.upstream_first {
             if self.poll_upstream_ready(want_up, cx) {
                 return Poll::Ready(Wake::Upstream);
@@ -397,7 +483,9 @@ impl Driver {
                 return Poll::Ready(Wake::Upstream);
             }
         }
-        if self.armed.is_some() && Pin::new(&mut self.timer).poll(cx).is_ready() {
+        if matches!(self.timer_state, TimerState::Armed(_))
+            && Pin::new(&mut self.timer).poll(cx).is_ready()
+        {
             return Poll::Ready(Wake::Timer);
         }
         if self.poll_shutdown(cx) {
@@ -456,7 +544,7 @@ impl Driver {
                 Poll::Ready(Ok(n)) => {
                     self.client_more = n == buf.len();
                     self.tls_socket_only = false;
-                    if let Some(metrics) = self.shared.listener_metrics.get(self.listener) {
+                    if let Some(metrics) = self.shared.listener_metrics.get(self.conn.listener()) {
                         metrics.bytes_in.inc_by(n as u64);
                     }
                     if self.conn.is_idle() {
@@ -504,13 +592,88 @@ impl Driver {
     }
 
     /// Drains and performs the engine's outputs, then feeds back what performing them
-    /// produced (write failures, the outcome of a connect), until the engine has nothing more.
-    async fn drain(&mut self) {
+    /// produced (write failures, the outcome of a connect), until the engine has nothing
+    /// more or something has to be waited for: then returns that, and the upstream
+    /// connection asked for so far (obtained once the outputs are drained), for
+    /// [`Driver::drain_blocked`].
+    fn drain_now(&mut self, cx: &mut Context<'_>) -> Option<(Blocked, Option<Connect>)> {
         loop {
-            let mut connect: Option<(PoolId, usize, bool)> = None;
+            let mut connect: Option<Connect> = None;
+            while let Some(output) = self.conn.poll_output() {
+                match self.perform(output) {
+                    Step::Done => {}
+                    Step::Connect(pool, backend, fresh) => {
+                        connect = Some((pool, backend, fresh));
+                        if !self.try_flush(cx) {
+                            return Some((Blocked::Flush, connect));
+                        }
+                    }
+                    Step::Release(reusable) => {
+                        if !self.try_flush_upstream(cx) {
+                            return Some((Blocked::Release(reusable), connect));
+                        }
+                        self.release_upstream(reusable);
+                    }
+                    Step::Close => return Some((Blocked::Close, connect)),
+                }
+            }
+            if !self.try_flush(cx) {
+                return Some((Blocked::Flush, connect));
+            }
+            if self.client_broken && !self.client_eof {
+                self.client_eof = true;
+                self.conn.handle_client_eof(Instant::now());
+                continue;
+            }
+            if let Some(up) = self.up.as_mut() {
+                if up.broken && !up.eof {
+                    up.eof = true;
+                    self.conn.handle_upstream_eof(Instant::now());
+                    continue;
+                }
+            }
+            if let Some((pool, backend, fresh)) = connect {
+                if !self.connect_idle(pool, backend, fresh) {
+                    return Some((Blocked::Connect(pool, backend), None));
+                }
+                continue;
+            }
+            return None;
+        }
+    }
+
+    /// Writes what the sockets take now: `false` when a write would block.
+    fn try_flush(&mut self, cx: &mut Context<'_>) -> bool {
+        self.try_flush_client(cx) && self.try_flush_upstream(cx)
+    }
+
+    /// Waits for what stopped [`Driver::drain_now`], then drains the rest with waiting.
+    async fn drain_blocked(&mut self, blocked: Blocked, pending: Option<Connect>) {
+        match blocked {
+            Blocked::Flush => {
+                self.flush_client().await;
+                self.flush_upstream().await;
+            }
+            Blocked::Release(reusable) => {
+                // Back to the pool before the client sees the end of its response: a client
+                // that sends its next request at once (on this or another connection) then
+                // finds the connection idle, not still held.
+                self.flush_upstream().await;
+                self.release_upstream(reusable);
+            }
+            Blocked::Close => {
+                self.flush().await;
+                self.close_client().await;
+            }
+            // Boxed: connecting a new one is rare and its state (attempts, DNS, timers) would
+            // otherwise enlarge this future, allocated whenever a write blocks.
+            Blocked::Connect(pool, backend) => Box::pin(self.connect_new(pool, backend)).await,
+        }
+        let mut pending = pending;
+        loop {
+            let mut connect = pending.take();
             loop {
-                // The output is consumed before anything is awaited: kept alive across an
-                // await, its (large) type would be part of every connection's task.
+                // The output is consumed before anything is awaited (its type is large).
                 let step = match self.conn.poll_output() {
                     None => break,
                     Some(output) => self.perform(output),
@@ -522,16 +685,12 @@ impl Driver {
                         self.flush().await;
                     }
                     Step::Release(reusable) => {
-                        // Back to the pool before the client sees the end of its response:
-                        // a client that sends its next request at once (on this or another
-                        // connection) then finds the connection idle, not still held.
                         self.flush_upstream_only().await;
                         self.release_upstream(reusable);
                     }
                     Step::Close => {
                         self.flush().await;
-                        // Boxed: once per connection; keeps its state out of the task.
-                        Box::pin(self.close_client()).await;
+                        self.close_client().await;
                     }
                 }
             }
@@ -549,9 +708,6 @@ impl Driver {
                 }
             }
             if let Some((pool, backend, fresh)) = connect {
-                // Boxed: connecting a new one is rare and its state (attempts, DNS, timers)
-                // would otherwise enlarge every connection's task; an allocation per new
-                // connection is cheap by comparison.
                 if !self.connect_idle(pool, backend, fresh) {
                     Box::pin(self.connect_new(pool, backend)).await;
                 }
@@ -567,7 +723,7 @@ impl Driver {
         match output {
             Output::ToClient(bytes) => {
                 if !bytes.is_empty() {
-                    enqueue(&mut self.client_queue, bytes);
+                    self.client_queue.push(bytes);
                 }
             }
             Output::ToUpstream(bytes) => match self.up.as_mut() {
@@ -625,15 +781,15 @@ impl Driver {
     /// Writes what the client takes now: `false` when a write would block (the task is then
     /// registered for writability), `true` when done or failed.
     fn try_flush_client(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.client_queue.is_empty() {
+        let Some(queue) = self.client_queue.pending() else {
             return true;
-        }
+        };
         if self.client_broken || self.client_closed {
-            self.client_queue.clear();
+            queue.clear();
             return true;
         }
         let mut written = 0;
-        let result = write_now(&mut self.client, &mut self.client_queue, &mut written, cx);
+        let result = write_now(&mut self.client, queue, &mut written, cx);
         self.count_bytes_out(written);
         match result {
             None => false,
@@ -648,7 +804,7 @@ impl Driver {
     }
 
     fn count_bytes_out(&self, n: u64) {
-        if let Some(metrics) = self.shared.listener_metrics.get(self.listener) {
+        if let Some(metrics) = self.shared.listener_metrics.get(self.conn.listener()) {
             metrics.bytes_out.inc_by(n);
         }
     }
@@ -678,12 +834,12 @@ impl Driver {
     }
 
     async fn flush_client(&mut self) {
-        if !self.client_queue.is_empty() {
+        if let Some(queue) = self.client_queue.pending() {
             if self.client_broken || self.client_closed {
-                self.client_queue.clear();
+                queue.clear();
             } else {
                 let stall = self.shared.config.timeouts.client_body;
-                match write_queue(&mut self.client, &mut self.client_queue, stall).await {
+                match write_queue(&mut self.client, queue, stall).await {
                     Ok(n) => {
                         self.count_bytes_out(n);
                     }
@@ -788,9 +944,12 @@ impl Driver {
                     .get(pool)
                     .map_or("?", |p| p.name.as_str());
                 tracing::warn!(pool = name, "connecting to the backend timed out");
-                if engine_deadline.is_some() {
-                    // The engine's own deadline passed: it answers 504.
-                    self.fired = engine_deadline;
+                if let Some(at) = engine_deadline {
+                    // The engine's own deadline passed: it answers 504. (An armed timer stays
+                    // armed: it is still polled and meets a kept deadline by firing.)
+                    if !matches!(self.timer_state, TimerState::Armed(_)) {
+                        self.timer_state = TimerState::Fired(at);
+                    }
                     self.conn.handle_timeout(now);
                 } else {
                     self.conn.handle_upstream_failed(now);
