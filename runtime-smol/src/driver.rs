@@ -620,17 +620,8 @@ impl Driver {
             if !self.try_flush(cx) {
                 return Some((Blocked::Flush, connect));
             }
-            if self.client_broken && !self.client_eof {
-                self.client_eof = true;
-                self.conn.handle_client_eof(Instant::now());
+            if self.report_broken_side() {
                 continue;
-            }
-            if let Some(up) = self.up.as_mut() {
-                if up.broken && !up.eof {
-                    up.eof = true;
-                    self.conn.handle_upstream_eof(Instant::now());
-                    continue;
-                }
             }
             if let Some((pool, backend, fresh)) = connect {
                 if !self.connect_idle(pool, backend, fresh) {
@@ -640,6 +631,24 @@ impl Driver {
             }
             return None;
         }
+    }
+
+    /// Tells the engine about a side whose write failed (as its EOF), once; `true` when it
+    /// did (the engine may then have new outputs).
+    fn report_broken_side(&mut self) -> bool {
+        if self.client_broken && !self.client_eof {
+            self.client_eof = true;
+            self.conn.handle_client_eof(Instant::now());
+            return true;
+        }
+        if let Some(up) = self.up.as_mut() {
+            if up.broken && !up.eof {
+                up.eof = true;
+                self.conn.handle_upstream_eof(Instant::now());
+                return true;
+            }
+        }
+        false
     }
 
     /// Writes what the sockets take now: `false` when a write would block.
@@ -695,17 +704,8 @@ impl Driver {
                 }
             }
             self.flush().await;
-            if self.client_broken && !self.client_eof {
-                self.client_eof = true;
-                self.conn.handle_client_eof(Instant::now());
+            if self.report_broken_side() {
                 continue;
-            }
-            if let Some(up) = self.up.as_mut() {
-                if up.broken && !up.eof {
-                    up.eof = true;
-                    self.conn.handle_upstream_eof(Instant::now());
-                    continue;
-                }
             }
             if let Some((pool, backend, fresh)) = connect {
                 if !self.connect_idle(pool, backend, fresh) {

@@ -390,7 +390,7 @@ proptest! {
     ) {
         let config = config();
         let listener = &config.listeners[listener.min(config.listeners.len() - 1)];
-        let client: std::net::IpAddr =
+        let client: core::net::IpAddr =
             if admin_client { "127.0.0.1" } else { "203.0.113.5" }.parse().unwrap();
         prop_assert_eq!(
             crate::route::decide(&config, listener, &path, client),
