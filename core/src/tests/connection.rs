@@ -758,7 +758,7 @@ fn peer_addresses_render_whole_as_text() {
         "::ffff:255.255.255.255",
         "2001:db8::1",
     ] {
-        let ip: std::net::IpAddr = text.parse().expect("a test address");
+        let ip: core::net::IpAddr = text.parse().expect("a test address");
         assert_eq!(IpText::new(ip).as_bytes(), ip.to_string().as_bytes());
     }
 }
