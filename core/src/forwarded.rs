@@ -115,18 +115,51 @@ pub struct IpText {
 
 impl IpText {
     pub fn new(ip: IpAddr) -> Self {
-        use std::io::Write;
         let mut text = [0u8; IP_TEXT_ROOM];
-        let mut rest = &mut text[..];
-        // Cannot fail: every address fits (a failure would leave what fitted).
-        let _ = write!(rest, "{ip}");
-        let len = IP_TEXT_ROOM - rest.len();
+        let len = match ip {
+            // Rendered on every forwarded request: digits by hand, not `fmt` (which cost
+            // more than the rest of the request rewrite).
+            IpAddr::V4(v4) => {
+                let mut len = 0;
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text[len] = b'.';
+                        len += 1;
+                    }
+                    len += put_octet(&mut text[len..], octet);
+                }
+                len
+            }
+            IpAddr::V6(v6) => {
+                use std::io::Write;
+                let mut rest = &mut text[..];
+                // Cannot fail: every address fits (a failure would leave what fitted).
+                let _ = write!(rest, "{v6}");
+                IP_TEXT_ROOM - rest.len()
+            }
+        };
         IpText { text, len }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
         &self.text[..self.len]
     }
+}
+
+/// Writes `octet` in decimal at the start of `out` (room for three digits); returns the
+/// digit count.
+fn put_octet(out: &mut [u8], octet: u8) -> usize {
+    let digits = [octet / 100, octet / 10 % 10, octet % 10];
+    let skip = match octet {
+        0..=9 => 2,
+        10..=99 => 1,
+        _ => 0,
+    };
+    let used = &digits[skip..];
+    for (slot, digit) in out.iter_mut().zip(used) {
+        *slot = b'0' + digit;
+    }
+    used.len()
 }
 
 /// `peer` is the canonical address (from [`peer`]).

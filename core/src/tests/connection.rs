@@ -754,6 +754,9 @@ fn peer_addresses_render_whole_as_text() {
     for text in [
         "203.0.113.5",
         "255.255.255.255",
+        "0.0.0.0",
+        "10.0.9.100",
+        "1.22.103.0",
         "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
         "::ffff:255.255.255.255",
         "2001:db8::1",

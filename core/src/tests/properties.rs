@@ -398,4 +398,17 @@ proptest! {
             "{}", String::from_utf8_lossy(&path)
         );
     }
+
+    /// The hand-written IPv4 text (on every forwarded request) is what `Display` writes.
+    #[test]
+    fn peer_text_is_the_standard_text(bits in any::<u32>(), v6 in any::<u128>()) {
+        use crate::forwarded::IpText;
+        for ip in [
+            core::net::IpAddr::V4(bits.into()),
+            core::net::IpAddr::V6(v6.into()),
+        ] {
+            let (rendered, expected) = (IpText::new(ip), ip.to_string());
+            prop_assert_eq!(rendered.as_bytes(), expected.as_bytes());
+        }
+    }
 }
