@@ -587,15 +587,25 @@ impl<'a> Parser<'_, 'a> {
         if let Some(n) = f.get("max_body") {
             limits.max_body_bytes = size(src, n)?;
         }
-        let slots: [(&str, &mut usize); 4] = [
-            ("max_request_line", &mut limits.max_request_line_bytes),
-            ("max_head", &mut limits.max_head_bytes),
-            ("max_response_head", &mut limits.max_response_head_bytes),
-            ("max_pipelined", &mut limits.max_pipelined_bytes),
+        // Heads are parsed into 32-bit offsets; no real head comes near this bound.
+        const HEAD_BOUND: u64 = 16 << 20;
+        let slots: [(&str, &mut usize, bool); 4] = [
+            ("max_request_line", &mut limits.max_request_line_bytes, true),
+            ("max_head", &mut limits.max_head_bytes, true),
+            (
+                "max_response_head",
+                &mut limits.max_response_head_bytes,
+                true,
+            ),
+            ("max_pipelined", &mut limits.max_pipelined_bytes, false),
         ];
-        for (key, slot) in slots {
+        for (key, slot, head_part) in slots {
             if let Some(n) = f.get(key) {
-                *slot = usize::try_from(size(src, n)?)
+                let bytes = size(src, n)?;
+                if head_part && bytes > HEAD_BOUND {
+                    return Err(n.error(src, "must be at most 16MiB"));
+                }
+                *slot = usize::try_from(bytes)
                     .map_err(|_| n.error(src, "too large for this machine"))?;
             }
         }

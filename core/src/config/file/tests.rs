@@ -494,6 +494,12 @@ fn bad_sizes_name_the_key_and_line() {
     let e = fail(&short_with("[limits]\nmax_head = 1.5\n"));
     assert_eq!((e.line, e.key.as_str()), (8, "limits.max_head"));
     assert!(e.message.ends_with("found a float"));
+    // Head offsets are 32-bit: a bound far above any real head, far below 4 GiB.
+    let e = fail(&short_with("[limits]\nmax_head = \"5GiB\"\n"));
+    assert_eq!((e.line, e.key.as_str()), (8, "limits.max_head"));
+    assert_eq!(e.message, "must be at most 16MiB");
+    let e = fail(&short_with("[limits]\nmax_response_head = \"17MiB\"\n"));
+    assert_eq!(e.key, "limits.max_response_head");
     let e = fail(&short_with("[limits]\nmax_headers = 0\n"));
     assert_eq!(e.key, "limits.max_headers");
     assert_eq!(e.message, "expected a whole number of at least 1, found 0");
