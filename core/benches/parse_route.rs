@@ -85,7 +85,10 @@ fn benches(c: &mut Criterion) {
         proxy_once(&mut donor, request, now);
         let mut conn = fresh();
         if let Some(buffers) = donor.take_buffers() {
-            assert!(conn.lend_buffers(buffers).is_none(), "a new connection borrows");
+            assert!(
+                conn.lend_buffers(buffers).is_none(),
+                "a new connection borrows"
+            );
         }
         conn
     };

@@ -18,7 +18,7 @@ use crate::http1::response::{self, ResponseBody, ResponseHead, MAX_RESPONSE_HEAD
 use crate::output::{AccessRecord, ExchangeStats, Output, TimerKind};
 use crate::rewrite::{self, ClientFraming};
 use crate::route::{self, Decision, PathBuffers, WellKnownDoc};
-use crate::timer::Timers;
+use crate::timer::{earliest, Deadline, ExchangeTimers};
 use crate::workers::hash::RequestParts;
 
 /// The engine for one client connection.
@@ -52,7 +52,8 @@ pub struct Connection {
     /// Client bytes not yet consumed.
     rx: BytesMut,
     outputs: VecDeque<Output>,
-    timers: Timers,
+    /// The header or idle timer (the exchange holds the others).
+    client_timer: Deadline,
     state: State,
     /// Storage reused from one exchange to the next (none while idle for long).
     scratch: Option<Box<Scratch>>,
@@ -186,6 +187,7 @@ struct Exchange {
     close_after: bool,
     /// The upstream connection cannot be reused.
     upstream_spoiled: bool,
+    timers: ExchangeTimers,
 }
 
 impl Exchange {
@@ -249,7 +251,7 @@ impl Connection {
             ids: RequestIds::new(seed),
             rx: BytesMut::new(),
             outputs: VecDeque::new(),
-            timers: Timers::default(),
+            client_timer: Deadline::new(TimerKind::ClientHeader),
             state: State::Head {
                 since: now,
                 scanned: ScanState::default(),
@@ -320,13 +322,11 @@ impl Connection {
         }
         ex.upstream = Upstream::Connected { reused };
         ex.sent_upstream_at = Some(now);
-        let pool = ex.pool;
-        let timeout = self.response_timeout(pool);
-        self.timers.stop(TimerKind::UpstreamConnect);
-        self.timers.set(TimerKind::UpstreamResponse, now + timeout);
-        let State::Exchange(ex) = &mut self.state else {
-            return;
-        };
+        let timeout = response_timeout(&self.config, ex.pool);
+        ex.timers.upstream.stop(TimerKind::UpstreamConnect);
+        ex.timers
+            .upstream
+            .set(TimerKind::UpstreamResponse, now + timeout);
         self.outputs
             .push_back(Output::ToUpstream(std::mem::take(&mut ex.upstream_head)));
         if !ex.request_done() {
@@ -335,7 +335,7 @@ impl Connection {
                 self.outputs
                     .push_back(Output::ToClient(Bytes::from_static(answer::CONTINUE)));
             }
-            self.timers.set(
+            ex.timers.body.set(
                 TimerKind::ClientBody,
                 now + self.config.timeouts.client_body,
             );
@@ -352,7 +352,7 @@ impl Connection {
             return;
         }
         ex.upstream = Upstream::Released;
-        self.timers.stop(TimerKind::UpstreamConnect);
+        ex.timers.upstream.stop(TimerKind::UpstreamConnect);
         self.fail(now, Failure::UpstreamUnreachable);
     }
 
@@ -364,9 +364,10 @@ impl Connection {
                 .push_back(Output::ToClient(Bytes::copy_from_slice(data))),
             State::Exchange(ex) if matches!(ex.upstream, Upstream::Connected { .. }) => {
                 ex.urx.extend_from_slice(data);
-                let pool = ex.pool;
-                let timeout = self.response_timeout(pool);
-                self.timers.set(TimerKind::UpstreamResponse, now + timeout);
+                let timeout = response_timeout(&self.config, ex.pool);
+                ex.timers
+                    .upstream
+                    .set(TimerKind::UpstreamResponse, now + timeout);
                 self.progress_response(now);
             }
             _ => {}
@@ -423,7 +424,11 @@ impl Connection {
                 ex.upstream_spoiled = false;
                 ex.sent_upstream_at = None;
                 let (pool, backend) = (ex.pool, ex.backend);
-                self.timers.stop(TimerKind::UpstreamResponse);
+                ex.timers.upstream.stop(TimerKind::UpstreamResponse);
+                ex.timers.upstream.set(
+                    TimerKind::UpstreamConnect,
+                    now + self.config.timeouts.upstream_connect,
+                );
                 self.outputs
                     .push_back(Output::ReleaseUpstream { reusable: false });
                 self.outputs.push_back(Output::ConnectUpstream {
@@ -431,10 +436,6 @@ impl Connection {
                     backend,
                     fresh: true,
                 });
-                self.timers.set(
-                    TimerKind::UpstreamConnect,
-                    now + self.config.timeouts.upstream_connect,
-                );
             }
             ResponseState::Done => {}
             _ => self.fail(now, Failure::UpstreamBroken),
@@ -443,8 +444,8 @@ impl Connection {
 
     /// A deadline passed. Extra calls are harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(kind) = self.timers.expired(now) {
-            self.timers.stop(kind);
+        while let Some(kind) = self.expired_timer(now) {
+            self.stop_timer(kind);
             match kind {
                 TimerKind::ClientIdle => {
                     let idle_end = match self.state {
@@ -454,7 +455,7 @@ impl Connection {
                     if now < idle_end {
                         // Only the buffer release was due: the connection stays open.
                         self.release_buffers();
-                        self.timers.set(TimerKind::ClientIdle, idle_end);
+                        self.client_timer.set(TimerKind::ClientIdle, idle_end);
                     } else {
                         self.close();
                     }
@@ -540,7 +541,7 @@ impl Connection {
         if matches!(self.state, State::Closed) {
             return None;
         }
-        self.timers.next()
+        self.next_timer()
     }
 
     // ---------------------------------------------------------------------------- getters
@@ -613,10 +614,41 @@ impl Connection {
         scratch + self.rx.capacity() + self.outputs.capacity() * std::mem::size_of::<Output>()
     }
 
+    fn next_timer(&self) -> Option<(Instant, TimerKind)> {
+        let exchange = match &self.state {
+            State::Exchange(ex) => Some(&ex.timers),
+            _ => None,
+        };
+        earliest([
+            self.client_timer.get(),
+            exchange.and_then(|t| t.body.get()),
+            exchange.and_then(|t| t.upstream.get()),
+        ])
+    }
+
+    /// A timer whose deadline is at or before `now`, if any.
+    fn expired_timer(&self, now: Instant) -> Option<TimerKind> {
+        self.next_timer()
+            .filter(|(at, _)| *at <= now)
+            .map(|(_, kind)| kind)
+    }
+
+    fn stop_timer(&mut self, kind: TimerKind) {
+        match (kind, &mut self.state) {
+            (TimerKind::ClientHeader | TimerKind::ClientIdle, _) => self.client_timer.stop(kind),
+            (TimerKind::ClientBody, State::Exchange(ex)) => ex.timers.body.stop(kind),
+            (TimerKind::UpstreamConnect | TimerKind::UpstreamResponse, State::Exchange(ex)) => {
+                ex.timers.upstream.stop(kind)
+            }
+            // Without an exchange, its timers are gone already.
+            _ => {}
+        }
+    }
+
     fn close(&mut self) {
         if !matches!(self.state, State::Closed) {
             self.state = State::Closed;
-            self.timers.clear();
+            self.client_timer.clear();
             self.rx = BytesMut::new();
             self.scratch = None;
             self.outputs.push_back(Output::CloseClient);
@@ -662,8 +694,7 @@ impl Connection {
             return;
         };
         let t = &self.config.timeouts;
-        self.timers.stop(TimerKind::ClientIdle);
-        self.timers.stop(TimerKind::ClientHeader);
+        self.client_timer.clear();
         if !receiving {
             // While buffers are held, the idle timer fires early once to release them.
             let idle = if self.holds_buffers() {
@@ -671,9 +702,9 @@ impl Connection {
             } else {
                 t.client_idle
             };
-            self.timers.set(TimerKind::ClientIdle, since + idle);
+            self.client_timer.set(TimerKind::ClientIdle, since + idle);
         } else {
-            self.timers
+            self.client_timer
                 .set(TimerKind::ClientHeader, since + t.client_header);
         }
     }
@@ -836,8 +867,7 @@ impl Connection {
     }
 
     fn start_exchange(&mut self, head: RequestHead, started: Instant, now: Instant) {
-        self.timers.stop(TimerKind::ClientHeader);
-        self.timers.stop(TimerKind::ClientIdle);
+        self.client_timer.clear();
         // Borrowed, not cloned, on the forwarding path: an `Arc` clone is two atomic
         // operations per request.
         let config = &*self.config;
@@ -1021,6 +1051,11 @@ impl Connection {
         let (pool, backend) = self.choose_backend(&head, identity.client, pool);
         self.config.pools[pool].balancer.exchange_started(backend);
         self.exchanges = self.exchanges.wrapping_add(1);
+        let mut timers = ExchangeTimers::default();
+        timers.upstream.set(
+            TimerKind::UpstreamConnect,
+            now + self.config.timeouts.upstream_connect,
+        );
         let exchange = Exchange {
             started,
             head,
@@ -1044,6 +1079,7 @@ impl Connection {
             upstream_duration: None,
             close_after,
             upstream_spoiled: false,
+            timers,
         };
         let exchange = match scratch(&mut self.scratch).exchange.take() {
             Some(mut reused) => {
@@ -1059,10 +1095,6 @@ impl Connection {
             backend,
             fresh: false,
         });
-        self.timers.set(
-            TimerKind::UpstreamConnect,
-            now + self.config.timeouts.upstream_connect,
-        );
     }
 
     /// The pool and backend for a request routed to `pool`: with Synapse workers
@@ -1103,12 +1135,6 @@ impl Connection {
     }
 
     /// The response timeout for the exchange's pool.
-    fn response_timeout(&self, pool: PoolId) -> Duration {
-        self.config.pools[pool]
-            .response_timeout
-            .unwrap_or(self.config.timeouts.upstream_response)
-    }
-
     /// Passes buffered request-body bytes upstream, re-framing chunked bodies.
     fn pump_request_body(&mut self, now: Instant) {
         let max_body = self.config.limits.max_body_bytes;
@@ -1170,10 +1196,10 @@ impl Connection {
             return;
         }
         if ex.request_done() {
-            self.timers.stop(TimerKind::ClientBody);
+            ex.timers.body.stop(TimerKind::ClientBody);
             self.try_finish(now);
         } else if ex.body_bytes_in > before {
-            self.timers.set(
+            ex.timers.body.set(
                 TimerKind::ClientBody,
                 now + self.config.timeouts.client_body,
             );
@@ -1358,7 +1384,8 @@ impl Connection {
                 ex.upstream_duration,
             );
             self.push_log(stats, |c| c.exchange_record(now));
-            self.timers.clear();
+            // The exchange's timers end with it; a tunnel has none.
+            self.client_timer.clear();
             self.state = State::Tunnel;
             self.progress(now);
             return false;
@@ -1479,9 +1506,7 @@ impl Connection {
             ex.upstream_duration,
         );
         self.push_log(stats, |c| c.exchange_record(now));
-        self.timers.stop(TimerKind::UpstreamConnect);
-        self.timers.stop(TimerKind::UpstreamResponse);
-        self.timers.stop(TimerKind::ClientBody);
+        // The exchange's timers end with it (the state changes below).
         if close {
             self.close();
         } else {
@@ -1640,6 +1665,13 @@ fn parse_whole_response(
 }
 
 /// The first space-delimited token after any leading empty lines (a method, if readable).
+/// How long `pool`'s upstream may take to answer (its own setting, else the default).
+fn response_timeout(config: &Config, pool: PoolId) -> Duration {
+    config.pools[pool]
+        .response_timeout
+        .unwrap_or(config.timeouts.upstream_response)
+}
+
 fn first_token(buf: &[u8]) -> &[u8] {
     let start = buf
         .iter()

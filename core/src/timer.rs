@@ -1,82 +1,105 @@
-//! Deadlines as data: one optional instant per [`TimerKind`].
+//! Deadlines as data: when the engine wants to be woken, and why.
 //!
-//! Stored in three slots, as the engine never runs both timers of a pair at once: the
-//! client's header or idle timer (one waits for a head, the other for its first byte), the
-//! body timer, and the upstream's connect or response timer (one before the connection is
-//! made, the other after). A connection holds these even while idle, so they are kept small
-//! (the kinds apart from the instants: with them, each slot would take 24 bytes, not 16).
+//! A connection holds one [`Deadline`] even while idle: the client's header or idle timer
+//! (one waits for a head, the other for its first byte). The body and upstream timers
+//! exist only during an exchange, so they live in it ([`ExchangeTimers`]): an idle
+//! connection does not carry them, and they end with their exchange.
 
 use std::time::Instant;
 
 use crate::output::TimerKind;
 
-const CLIENT: usize = 0;
-const BODY: usize = 1;
-const UPSTREAM: usize = 2;
-
-#[derive(Debug, Clone)]
-pub struct Timers {
-    deadlines: [Option<Instant>; 3],
-    /// Which kind each slot's deadline is for.
-    kinds: [TimerKind; 3],
+/// One optional deadline and the kind it is for. A slot serves a pair of kinds that never
+/// run at once; setting one while the other runs is a bug (asserted in debug builds).
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    at: Option<Instant>,
+    kind: TimerKind,
 }
 
-impl Default for Timers {
-    fn default() -> Self {
-        Timers {
-            deadlines: [None; 3],
-            kinds: [
-                TimerKind::ClientHeader,
-                TimerKind::ClientBody,
-                TimerKind::UpstreamConnect,
-            ],
-        }
+impl Deadline {
+    pub fn new(kind: TimerKind) -> Self {
+        Deadline { at: None, kind }
     }
-}
 
-fn slot(kind: TimerKind) -> usize {
-    match kind {
-        TimerKind::ClientHeader | TimerKind::ClientIdle => CLIENT,
-        TimerKind::ClientBody => BODY,
-        TimerKind::UpstreamConnect | TimerKind::UpstreamResponse => UPSTREAM,
-    }
-}
-
-impl Timers {
     pub fn set(&mut self, kind: TimerKind, at: Instant) {
-        let slot = slot(kind);
         debug_assert!(
-            self.deadlines[slot].is_none() || self.kinds[slot] == kind,
+            self.at.is_none() || self.kind == kind,
             "{kind:?} set while {:?} runs: they share a slot",
-            self.kinds[slot]
+            self.kind
         );
-        self.deadlines[slot] = Some(at);
-        self.kinds[slot] = kind;
+        self.at = Some(at);
+        self.kind = kind;
     }
 
+    /// Stops the deadline if it is for `kind`.
     pub fn stop(&mut self, kind: TimerKind) {
-        let slot = slot(kind);
-        if self.kinds[slot] == kind {
-            self.deadlines[slot] = None;
+        if self.kind == kind {
+            self.at = None;
         }
     }
 
     pub fn clear(&mut self) {
-        self.deadlines = [None; 3];
+        self.at = None;
     }
 
-    /// The earliest deadline (of equal ones, the first in `TimerKind` order, which the
-    /// slots keep).
-    pub fn next(&self) -> Option<(Instant, TimerKind)> {
-        self.deadlines
-            .iter()
-            .zip(self.kinds)
-            .filter_map(|(at, kind)| at.map(|at| (at, kind)))
-            .min_by_key(|(t, _)| *t)
+    pub fn get(&self) -> Option<(Instant, TimerKind)> {
+        self.at.map(|at| (at, self.kind))
+    }
+}
+
+/// The deadlines of one exchange: the request body's, and the upstream's connect or
+/// response timer (one before the connection is made, the other after).
+#[derive(Debug, Clone, Copy)]
+pub struct ExchangeTimers {
+    pub body: Deadline,
+    pub upstream: Deadline,
+}
+
+impl Default for ExchangeTimers {
+    fn default() -> Self {
+        ExchangeTimers {
+            body: Deadline::new(TimerKind::ClientBody),
+            upstream: Deadline::new(TimerKind::UpstreamConnect),
+        }
+    }
+}
+
+/// The earliest of `deadlines`; of equal ones, the first given (callers list them in
+/// `TimerKind` order).
+pub fn earliest(
+    deadlines: impl IntoIterator<Item = Option<(Instant, TimerKind)>>,
+) -> Option<(Instant, TimerKind)> {
+    deadlines.into_iter().flatten().min_by_key(|(at, _)| *at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_slot_stops_only_its_own_kind() {
+        let now = Instant::now();
+        let mut slot = Deadline::new(TimerKind::ClientHeader);
+        slot.set(TimerKind::ClientIdle, now);
+        slot.stop(TimerKind::ClientHeader);
+        assert_eq!(slot.get(), Some((now, TimerKind::ClientIdle)));
+        slot.stop(TimerKind::ClientIdle);
+        assert_eq!(slot.get(), None);
     }
 
-    /// A timer whose deadline is at or before `now`, if any.
-    pub fn expired(&self, now: Instant) -> Option<TimerKind> {
-        self.next().filter(|(t, _)| *t <= now).map(|(_, k)| k)
+    #[test]
+    fn the_earliest_wins_and_ties_keep_order() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        let picked = earliest([
+            Some((later, TimerKind::ClientIdle)),
+            None,
+            Some((now, TimerKind::ClientBody)),
+            Some((now, TimerKind::UpstreamResponse)),
+        ]);
+        assert_eq!(picked, Some((now, TimerKind::ClientBody)));
+        assert_eq!(earliest([None, None]), None);
     }
 }

@@ -30,10 +30,22 @@ pub enum HeadScan {
 /// How far an earlier call got, so a head trickling in is not rescanned from the start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ScanState {
-    /// Where the first unfinished line starts (0: nothing scanned yet).
-    next_line: usize,
+    /// Where the first unfinished line starts (0: nothing scanned yet). 32 bits: every
+    /// connection waiting for a head holds one.
+    next_line: u32,
     /// Complete lines before it.
-    lines: usize,
+    lines: u32,
+}
+
+impl ScanState {
+    fn resume_at(next_line: usize, lines: usize) -> ScanState {
+        match (u32::try_from(next_line), u32::try_from(lines)) {
+            (Ok(next_line), Ok(lines)) => ScanState { next_line, lines },
+            // Beyond any configurable head: scanning again from the start gives the same
+            // answer.
+            _ => ScanState::default(),
+        }
+    }
 }
 
 /// Scans `buf` for a complete head, resuming from `state` (use `ScanState::default()`
@@ -55,8 +67,8 @@ pub fn scan_head(
             return Err(Reject::BadRequestLine);
         }
     }
-    let mut line_start = state.next_line.max(start);
-    let mut lines = state.lines;
+    let mut line_start = (state.next_line as usize).max(start);
+    let mut lines = state.lines as usize;
     loop {
         let Some(offset) = find_newline(&buf[line_start..]) else {
             let pending = buf.len() - line_start;
@@ -66,10 +78,7 @@ pub fn scan_head(
             if buf.len() - start > limits.max_head {
                 return Err(Reject::HeadTooLarge);
             }
-            *state = ScanState {
-                next_line: line_start,
-                lines,
-            };
+            *state = ScanState::resume_at(line_start, lines);
             return Ok(HeadScan::Partial);
         };
         let newline = line_start + offset;
