@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mxgate_core::{Config, PoolId};
 use mxgate_std::support::backend::{self, BackendAddrs};
+use mxgate_std::support::dial::{DialPlan, DialStep};
 use mxgate_std::support::health::HealthReporter;
 use mxgate_std::support::metrics::Metrics;
 use mxgate_std::support::net;
@@ -91,63 +92,45 @@ impl Upstreams {
                 format!("no upstream pool {pool}"),
             )
         })?;
-        let mut last_err = io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("upstream pool {pool} has no backends"),
-        );
         let order: Vec<usize> = state.idle.backend_order_from(backend).collect();
-        for backend in order {
-            let addrs = &state.addrs[backend];
-            let candidates = match addrs.cached(Instant::now()) {
-                Some(c) => c,
-                None => {
-                    let b = addrs.backend.clone();
-                    match smol::unblock(move || backend::resolve_blocking(&b)).await {
-                        Ok(found) => {
-                            addrs.store(found.clone(), Instant::now());
-                            found
+        // No deadline of its own: the driver races this future against the engine's
+        // connect deadline and drops it when that comes first.
+        let mut plan = DialPlan::new(
+            pool,
+            order,
+            &state.addrs,
+            self.connect_timeout,
+            None,
+            &self.health,
+            metrics,
+        );
+        loop {
+            match plan.next_step(Instant::now()) {
+                DialStep::Resolve(backend) => {
+                    let found = smol::unblock(move || backend::resolve_blocking(&backend)).await;
+                    plan.resolved(found, Instant::now());
+                }
+                DialStep::Connect { addr, timeout } => {
+                    match bounded(Async::<TcpStream>::connect(addr), timeout).await {
+                        Ok(stream) => {
+                            if let Err(err) = net::tune(stream.get_ref()) {
+                                tracing::debug!(%addr, error = %err, "cannot set upstream socket options");
+                            }
+                            let backend = plan.connected(addr);
+                            return Ok(Box::new(UpstreamConn {
+                                stream,
+                                pool,
+                                backend,
+                                addr,
+                                queue: VecDeque::new(),
+                            }));
                         }
-                        Err(err) => {
-                            tracing::warn!(backend = %addrs.backend.authority(), error = %err, "cannot resolve backend");
-                            metrics.upstream_connect_failed(pool);
-                            self.health.connect_failed(pool, backend);
-                            last_err = err;
-                            continue;
-                        }
+                        Err(err) => plan.connect_failed(addr, err),
                     }
                 }
-            };
-            // With several addresses, one that drops SYNs must not use up the whole connect
-            // time: each gets a share (at least a second). Refusals fail fast anyway.
-            let share =
-                (self.connect_timeout / candidates.len().max(1) as u32).max(Duration::from_secs(1));
-            for addr in candidates {
-                match bounded(Async::<TcpStream>::connect(addr), share).await {
-                    Ok(stream) => {
-                        if let Err(err) = net::tune(stream.get_ref()) {
-                            tracing::debug!(%addr, error = %err, "cannot set upstream socket options");
-                        }
-                        addrs.mark_good(addr);
-                        self.health.connect_ok(pool, backend);
-                        return Ok(Box::new(UpstreamConn {
-                            stream,
-                            pool,
-                            backend,
-                            addr,
-                            queue: VecDeque::new(),
-                        }));
-                    }
-                    Err(err) => {
-                        tracing::debug!(backend = %addrs.backend.authority(), %addr, error = %err, "upstream connect failed");
-                        metrics.upstream_connect_failed(pool);
-                        last_err = err;
-                    }
-                }
+                DialStep::GiveUp(err) => return Err(err),
             }
-            // Every address of this backend failed.
-            self.health.connect_failed(pool, backend);
         }
-        Err(last_err)
     }
 
     /// Parks a connection the engine called reusable.

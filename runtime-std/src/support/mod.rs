@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod dial;
 pub mod health;
 pub mod limit;
 pub mod logging;

@@ -1,7 +1,7 @@
 //! Upstream connections: an idle keep-alive socket of the backend the engine chose, or a new
 //! connection trying that backend then the others, every address of each, within a deadline.
-//! The bookkeeping (idle pools, address caches, health reports) is `support`'s; only the
-//! blocking calls are here.
+//! The bookkeeping (idle pools, the dial plan, address caches, health reports) is
+//! `support`'s; only the blocking calls are here.
 
 use std::io;
 use std::net::TcpStream;
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use mxgate_core::{Config, PoolId};
 
 use crate::support::backend::{self, BackendAddrs};
+use crate::support::dial::{DialPlan, DialStep};
 use crate::support::health::HealthReporter;
 use crate::support::metrics::Metrics;
 use crate::support::net;
@@ -69,55 +70,35 @@ impl Upstreams {
                 return Ok((stream, backend, true));
             }
         }
-        let mut last_err = io::Error::new(io::ErrorKind::NotFound, "the pool has no backends");
-        for backend in order {
-            let addrs = &state.addrs[backend];
-            let candidates = match addrs.cached(Instant::now()) {
-                Some(candidates) => candidates,
-                None => match backend::resolve_blocking(&addrs.backend) {
-                    Ok(found) => {
-                        addrs.store(found.clone(), Instant::now());
-                        found
-                    }
-                    Err(err) => {
-                        tracing::warn!(backend = %addrs.backend.authority(), error = %err, "cannot resolve backend");
-                        metrics.upstream_connect_failed(pool);
-                        self.health.connect_failed(pool, backend);
-                        last_err = err;
-                        continue;
-                    }
-                },
-            };
-            // One address that drops SYNs must not use up the whole connect time: each gets a
-            // share (at least a second). Refusals fail fast anyway.
-            let share =
-                (self.connect_timeout / candidates.len().max(1) as u32).max(Duration::from_secs(1));
-            for addr in candidates {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(io::ErrorKind::TimedOut.into());
+        let mut plan = DialPlan::new(
+            pool,
+            order,
+            &state.addrs,
+            self.connect_timeout,
+            Some(deadline),
+            &self.health,
+            metrics,
+        );
+        loop {
+            match plan.next_step(Instant::now()) {
+                DialStep::Resolve(backend) => {
+                    plan.resolved(backend::resolve_blocking(&backend), Instant::now());
                 }
-                match TcpStream::connect_timeout(&addr, share.min(left)) {
-                    Ok(stream) => {
-                        if let Err(err) = net::tune(&stream) {
-                            tracing::debug!(%addr, error = %err, "cannot set upstream socket options");
+                DialStep::Connect { addr, timeout } => {
+                    match TcpStream::connect_timeout(&addr, timeout) {
+                        Ok(stream) => {
+                            if let Err(err) = net::tune(&stream) {
+                                tracing::debug!(%addr, error = %err, "cannot set upstream socket options");
+                            }
+                            stream.set_write_timeout(Some(self.write_timeout))?;
+                            return Ok((stream, plan.connected(addr), false));
                         }
-                        stream.set_write_timeout(Some(self.write_timeout))?;
-                        addrs.mark_good(addr);
-                        self.health.connect_ok(pool, backend);
-                        return Ok((stream, backend, false));
-                    }
-                    Err(err) => {
-                        tracing::debug!(%addr, error = %err, "upstream connect failed");
-                        metrics.upstream_connect_failed(pool);
-                        last_err = err;
+                        Err(err) => plan.connect_failed(addr, err),
                     }
                 }
+                DialStep::GiveUp(err) => return Err(err),
             }
-            // Every address of this backend failed.
-            self.health.connect_failed(pool, backend);
         }
-        Err(last_err)
     }
 
     /// Parks a connection the engine called reusable (an evicted one is closed here).
