@@ -1,6 +1,7 @@
 //! Why a message was refused, and the HTTP status that says so.
 
-/// A request (or response) the engine refuses to pass on. Each names one rule.
+/// A request (or response) the engine refuses to pass on. Each names one rule. (A refused
+/// response becomes a 502 whatever its rule.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Reject {
@@ -27,6 +28,8 @@ pub enum Reject {
     UnsupportedTransferCoding,
     UnsupportedExpectation,
     BadChunk,
+    /// An upstream status line httparse refuses (or a head that ends before it is whole).
+    BadStatusLine,
     /// An upstream status outside 100–999.
     BadStatus,
     /// The target's decoded or dot-resolved form routes elsewhere than its raw form.
@@ -74,6 +77,7 @@ impl Reject {
             Reject::UnsupportedTransferCoding => "unsupported transfer coding",
             Reject::UnsupportedExpectation => "unsupported expectation",
             Reject::BadChunk => "malformed chunked body",
+            Reject::BadStatusLine => "malformed status line",
             Reject::BadStatus => "invalid status code",
             Reject::AmbiguousTarget => "request path is ambiguous once decoded",
         }

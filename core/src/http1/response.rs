@@ -85,7 +85,7 @@ pub fn parse_head_into(
             head.raw = raw;
             Ok(head)
         }
-        None => Err(Reject::BadRequestLine),
+        None => Err(Reject::BadStatusLine),
     }
 }
 
@@ -110,7 +110,10 @@ pub fn parse_prefix(
     ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(Reject::BadRequestLine),
+        Err(httparse::Error::HeaderName) => return Err(Reject::BadHeaderName),
+        Err(httparse::Error::HeaderValue) => return Err(Reject::BadHeaderValue),
+        Err(httparse::Error::TooManyHeaders) => return Err(Reject::TooManyHeaders),
+        Err(_) => return Err(Reject::BadStatusLine),
     };
     let status = resp
         .code
@@ -268,6 +271,31 @@ mod tests {
                 .unwrap()
                 .map(|x| x.1),
             None
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_part_of_the_head() {
+        let refusal = |raw: &[u8]| parse(raw, false).err();
+        assert_eq!(
+            refusal(b"HTTP/1.1 2x0 OK\r\n\r\n"),
+            Some(Reject::BadStatusLine)
+        );
+        assert_eq!(
+            refusal(b"HTTQ/1.1 200 OK\r\n\r\n"),
+            Some(Reject::BadStatusLine)
+        );
+        assert_eq!(
+            refusal(b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n"),
+            Some(Reject::BadHeaderName)
+        );
+        assert_eq!(
+            refusal(b"HTTP/1.1 200 OK\r\nX: a\x01b\r\n\r\n"),
+            Some(Reject::BadHeaderValue)
+        );
+        assert_eq!(
+            refusal(b"HTTP/1.1 099 Early\r\n\r\n"),
+            Some(Reject::BadStatus)
         );
     }
 }
