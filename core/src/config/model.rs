@@ -290,7 +290,9 @@ pub enum AccessLogFormat {
 /// The runtime knobs that are not HTTP decisions.
 #[derive(Debug, Clone)]
 pub struct RuntimeSettings {
-    /// Executor threads; `None` means one per core.
+    /// Worker threads, as the runtime uses them: `mxgate` (smol) runs its executor on this
+    /// many (`None`: one per core); runtime-std serves one client connection per thread, so
+    /// there it bounds concurrent connections (`None`: its default).
     pub threads: Option<usize>,
     /// Most client connections at once.
     pub max_connections: usize,
