@@ -189,6 +189,40 @@ mod tests {
         })
     }
 
+    /// What a plan reports to (reporting nowhere), with a 10 s connect time.
+    struct Reports {
+        health: HealthReporter,
+        metrics: Metrics,
+    }
+
+    impl Reports {
+        fn new() -> Reports {
+            let config = config();
+            Reports {
+                health: HealthReporter::disabled(&config),
+                metrics: Metrics::new(&config),
+            }
+        }
+
+        fn plan<'a>(
+            &'a self,
+            addrs: &'a [BackendAddrs],
+            order: Vec<usize>,
+            deadline: Option<Instant>,
+        ) -> DialPlan<'a> {
+            let connect_timeout = Duration::from_secs(10);
+            DialPlan::new(
+                0,
+                order,
+                addrs,
+                connect_timeout,
+                deadline,
+                &self.health,
+                &self.metrics,
+            )
+        }
+    }
+
     fn connect_to(step: DialStep) -> (SocketAddr, Duration) {
         match step {
             DialStep::Connect { addr, timeout } => (addr, timeout),
@@ -198,19 +232,10 @@ mod tests {
 
     #[test]
     fn the_chosen_backend_first_then_the_others_every_address_in_turn() {
-        let config = config();
-        let (health, metrics) = (HealthReporter::disabled(&config), Metrics::new(&config));
+        let reports = Reports::new();
         let addrs = [backend("localhost"), backend("10.0.0.7")];
         let now = Instant::now();
-        let mut plan = DialPlan::new(
-            0,
-            vec![1, 0],
-            &addrs,
-            Duration::from_secs(10),
-            None,
-            &health,
-            &metrics,
-        );
+        let mut plan = reports.plan(&addrs, vec![1, 0], None);
         assert_eq!(
             connect_to(plan.next_step(now)),
             (sa("10.0.0.7:8008"), Duration::from_secs(10))
@@ -234,26 +259,17 @@ mod tests {
 
     #[test]
     fn giving_up_reports_the_last_error() {
-        let config = config();
-        let (health, metrics) = (HealthReporter::disabled(&config), Metrics::new(&config));
+        let reports = Reports::new();
         let addrs = [backend("10.0.0.7")];
         let now = Instant::now();
-        let mut plan = DialPlan::new(
-            0,
-            vec![0],
-            &addrs,
-            Duration::from_secs(10),
-            None,
-            &health,
-            &metrics,
-        );
+        let mut plan = reports.plan(&addrs, vec![0], None);
         let (addr, _) = connect_to(plan.next_step(now));
         plan.connect_failed(addr, io::ErrorKind::ConnectionRefused.into());
         match plan.next_step(now) {
             DialStep::GiveUp(err) => assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused),
             other => panic!("expected to give up, got {other:?}"),
         }
-        let mut empty = DialPlan::new(0, vec![], &addrs, Duration::ZERO, None, &health, &metrics);
+        let mut empty = reports.plan(&addrs, vec![], None);
         assert!(
             matches!(empty.next_step(now), DialStep::GiveUp(e) if e.kind() == io::ErrorKind::NotFound)
         );
@@ -261,19 +277,10 @@ mod tests {
 
     #[test]
     fn names_are_resolved_and_failures_move_on() {
-        let config = config();
-        let (health, metrics) = (HealthReporter::disabled(&config), Metrics::new(&config));
+        let reports = Reports::new();
         let addrs = [backend("synapse.internal"), backend("10.0.0.7")];
         let now = Instant::now();
-        let mut plan = DialPlan::new(
-            0,
-            vec![0, 1],
-            &addrs,
-            Duration::from_secs(10),
-            None,
-            &health,
-            &metrics,
-        );
+        let mut plan = reports.plan(&addrs, vec![0, 1], None);
         assert!(
             matches!(plan.next_step(now), DialStep::Resolve(b) if b.host == "synapse.internal")
         );
@@ -285,15 +292,7 @@ mod tests {
         );
         assert_eq!(addrs[0].cached(now).unwrap(), [sa("10.0.0.2:8008")]);
 
-        let mut plan = DialPlan::new(
-            0,
-            vec![0, 1],
-            &addrs,
-            Duration::from_secs(10),
-            None,
-            &health,
-            &metrics,
-        );
+        let mut plan = reports.plan(&addrs, vec![0, 1], None);
         let later = now + super::super::backend::RESOLVE_TTL;
         assert!(matches!(plan.next_step(later), DialStep::Resolve(_)));
         plan.resolved(Err(io::ErrorKind::NotFound.into()), later);
@@ -302,20 +301,11 @@ mod tests {
 
     #[test]
     fn a_deadline_caps_each_attempt_and_ends_the_plan() {
-        let config = config();
-        let (health, metrics) = (HealthReporter::disabled(&config), Metrics::new(&config));
+        let reports = Reports::new();
         let addrs = [backend("localhost")];
         let now = Instant::now();
         let deadline = now + Duration::from_millis(1500);
-        let mut plan = DialPlan::new(
-            0,
-            vec![0],
-            &addrs,
-            Duration::from_secs(10),
-            Some(deadline),
-            &health,
-            &metrics,
-        );
+        let mut plan = reports.plan(&addrs, vec![0], Some(deadline));
         assert_eq!(
             connect_to(plan.next_step(now)),
             (sa("127.0.0.1:8008"), Duration::from_millis(1500))
