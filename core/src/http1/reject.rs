@@ -37,6 +37,17 @@ pub enum Reject {
 }
 
 impl Reject {
+    /// httparse's refusal of a head: the rule for a bad header line, else `first_line` (the
+    /// request line's or the status line's rule).
+    pub(crate) fn from_httparse(err: httparse::Error, first_line: Reject) -> Reject {
+        match err {
+            httparse::Error::TooManyHeaders => Reject::TooManyHeaders,
+            httparse::Error::HeaderName => Reject::BadHeaderName,
+            httparse::Error::HeaderValue => Reject::BadHeaderValue,
+            _ => first_line,
+        }
+    }
+
     /// The status a client gets for this.
     pub fn status(self) -> u16 {
         match self {

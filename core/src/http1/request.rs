@@ -227,11 +227,7 @@ pub fn parse_prefix(
         .parse_with_uninit_headers(head, &mut storage[..max_headers.min(MAX_HEADERS)])
         .map_err(|e| match e {
             httparse::Error::Version if names_other_http_version(head) => Reject::BadVersion,
-            httparse::Error::TooManyHeaders => Reject::TooManyHeaders,
-            httparse::Error::HeaderName => Reject::BadHeaderName,
-            httparse::Error::HeaderValue => Reject::BadHeaderValue,
-            httparse::Error::Token => Reject::BadRequestLine,
-            _ => Reject::BadRequestLine,
+            e => Reject::from_httparse(e, Reject::BadRequestLine),
         })?;
     let httparse::Status::Complete(len) = status else {
         return Ok(None);

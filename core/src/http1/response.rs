@@ -110,10 +110,7 @@ pub fn parse_prefix(
     ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::HeaderName) => return Err(Reject::BadHeaderName),
-        Err(httparse::Error::HeaderValue) => return Err(Reject::BadHeaderValue),
-        Err(httparse::Error::TooManyHeaders) => return Err(Reject::TooManyHeaders),
-        Err(_) => return Err(Reject::BadStatusLine),
+        Err(e) => return Err(Reject::from_httparse(e, Reject::BadStatusLine)),
     };
     let status = resp
         .code
