@@ -17,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::pki::Pki;
-use crate::proxy::{ListenerSpec, ProxyConfig, Role};
+use crate::proxy::{ListenerSpec, Proxy, ProxyConfig, Role};
 
 /// Cold provisioning (venv + pip install from PyPI) takes ~20 s here; leave room for a slow
 /// network.
@@ -385,14 +385,34 @@ pub fn proxy_config(pki: &Pki, synapse_port: u16) -> ProxyConfig {
 /// What `client_flow.py` needs: where the proxy is and how to reach Synapse directly.
 pub struct FlowTarget<'a> {
     /// `https://127.0.0.1:<port>` of the proxy's TLS client listener.
-    pub proxy_url: &'a str,
+    pub proxy_url: String,
     /// PEM file of the CA that signed the proxy's certificate.
     pub ca_file: &'a Path,
     /// The main process, for registration with the shared secret and the admin whois API.
-    pub direct_url: &'a str,
+    pub direct_url: String,
     pub shared_secret: &'a str,
     /// The Synapse log whose access lines the flow checks (client address, request id).
     pub synapse_log: &'a Path,
+}
+
+impl<'a> FlowTarget<'a> {
+    /// Through `proxy`'s TLS client listener (certificate from `pki`) to the Synapse whose
+    /// main process listens on `main_port`.
+    pub fn through(
+        proxy: &Proxy,
+        pki: &'a Pki,
+        main_port: u16,
+        shared_secret: &'a str,
+        synapse_log: &'a Path,
+    ) -> FlowTarget<'a> {
+        FlowTarget {
+            proxy_url: format!("https://127.0.0.1:{}", proxy.client_tls().port()),
+            ca_file: &pki.ca_pem_path,
+            direct_url: format!("http://127.0.0.1:{main_port}"),
+            shared_secret,
+            synapse_log,
+        }
+    }
 }
 
 /// Runs the client flow through the proxy; `Ok(seconds)` or the failed step.
@@ -401,11 +421,11 @@ pub fn run_client_flow(python: &Path, target: &FlowTarget) -> Result<f64, String
     let mut cmd = Command::new(python);
     cmd.arg(synapse_dir().join("client_flow.py"))
         .arg("--proxy")
-        .arg(target.proxy_url)
+        .arg(&target.proxy_url)
         .arg("--ca")
         .arg(target.ca_file)
         .arg("--direct")
-        .arg(target.direct_url)
+        .arg(&target.direct_url)
         .arg("--shared-secret")
         .arg(target.shared_secret)
         .arg("--synapse-log")

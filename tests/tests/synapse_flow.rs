@@ -102,19 +102,15 @@ fn synapse_client_flow_through_proxy() {
             .unwrap_or_else(|e| panic!("cannot start Synapse: {e}\n(kept {})", dir.display()));
         let pki = Pki::new();
         let proxy = Proxy::start(&rt, proxy_config(&pki, synapse.port));
-        let proxy_url = format!("https://127.0.0.1:{}", proxy.client_tls().port());
-        println!("[{}] client flow through {proxy_url}", rt.name);
-
-        let flow = run_client_flow(
-            &python,
-            &FlowTarget {
-                proxy_url: &proxy_url,
-                ca_file: &pki.ca_pem_path,
-                direct_url: &format!("http://127.0.0.1:{}", synapse.port),
-                shared_secret: &synapse.shared_secret,
-                synapse_log: &synapse.log,
-            },
+        let target = FlowTarget::through(
+            &proxy,
+            &pki,
+            synapse.port,
+            &synapse.shared_secret,
+            &synapse.log,
         );
+        println!("[{}] client flow through {}", rt.name, target.proxy_url);
+        let flow = run_client_flow(&python, &target);
         match flow {
             Ok(secs) => println!("[{}] Synapse client flow passed in {secs:.1} s", rt.name),
             Err(why) => panic!(

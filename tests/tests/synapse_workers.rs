@@ -346,20 +346,16 @@ fn synapse_workers_client_flow_through_proxy() {
         });
         let pki = Pki::new();
         let proxy = start_proxy(&rt, &pki, cluster.main_port, cluster.worker_port);
-        let proxy_url = format!("https://127.0.0.1:{}", proxy.client_tls().port());
-        println!("[{}] client flow through {proxy_url}", rt.name);
-
-        let flow = run_client_flow(
-            &python,
-            &FlowTarget {
-                proxy_url: &proxy_url,
-                ca_file: &pki.ca_pem_path,
-                direct_url: &format!("http://127.0.0.1:{}", cluster.main_port),
-                shared_secret: &cluster.shared_secret,
-                synapse_log: &cluster.log,
-            },
-        )
-        .and_then(|secs| Ok((secs, check_worker_served(&cluster)?)));
+        let target = FlowTarget::through(
+            &proxy,
+            &pki,
+            cluster.main_port,
+            &cluster.shared_secret,
+            &cluster.log,
+        );
+        println!("[{}] client flow through {}", rt.name, target.proxy_url);
+        let flow = run_client_flow(&python, &target)
+            .and_then(|secs| Ok((secs, check_worker_served(&cluster)?)));
         match flow {
             Ok((secs, served)) => println!(
                 "[{}] Synapse workers client flow passed in {secs:.1} s ({served})",
