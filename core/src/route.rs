@@ -75,7 +75,12 @@ pub fn decide_reusing(
     buffers: &mut PathBuffers,
 ) -> Result<Decision, crate::http1::reject::Reject> {
     let raw = decide_path(config, listener, path, client);
-    if needs_normalising(path) && !escapes_cannot_reroute(listener, path, raw) {
+    let segments_change = has_dot_or_empty_segment(path);
+    let first_escape = path.iter().position(|&b| b == b'%');
+    let decoding_changes = segments_change || first_escape.is_some();
+    if decoding_changes
+        && (segments_change || !escapes_cannot_reroute(listener, path, raw, first_escape))
+    {
         let mut stack = [0u8; STACK_PATH + 1];
         let buf = if path.len() <= STACK_PATH {
             &mut stack[..]
@@ -121,17 +126,23 @@ fn decide_path(config: &Config, listener: &Listener, path: &[u8], client: IpAddr
     }
 }
 
-/// Whether decoding `path` provably leaves its decision `raw` as it is, without building
-/// the decoded path (Matrix paths carry escaped ids: `/rooms/%21id%3Aserver/send/…`):
-/// no escape decodes to `/` or `.` and there are no dot or empty segments, so decoding
-/// changes no segment boundary and no byte before the first `%`; and that `%` comes after
-/// every prefix routing compares (the decisions that look further, well-known documents
-/// and `/health`, are not taken this way).
-fn escapes_cannot_reroute(listener: &Listener, path: &[u8], raw: Decision) -> bool {
+/// Whether decoding `path`, which has no dot or empty segments and its first `%` at
+/// `first_escape`, provably leaves its decision `raw` as it is, without building the
+/// decoded path (Matrix paths carry escaped ids: `/rooms/%21id%3Aserver/send/…`): no
+/// escape decodes to `/` or `.`, so decoding changes no segment boundary and no byte
+/// before the first `%`; and that `%` comes after every prefix routing compares (the
+/// decisions that look further, well-known documents and `/health`, are not taken this
+/// way).
+fn escapes_cannot_reroute(
+    listener: &Listener,
+    path: &[u8],
+    raw: Decision,
+    first_escape: Option<usize>,
+) -> bool {
     if matches!(raw, Decision::WellKnown(_) | Decision::Health) {
         return false;
     }
-    let Some(first) = path.iter().position(|&b| b == b'%') else {
+    let Some(first) = first_escape else {
         return false;
     };
     let longest_prefix = listener
@@ -145,7 +156,7 @@ fn escapes_cannot_reroute(listener: &Listener, path: &[u8], raw: Decision) -> bo
         ])
         .max()
         .unwrap_or(0);
-    if first <= longest_prefix || path.windows(2).any(|w| w == b"/." || w == b"//") {
+    if first <= longest_prefix {
         return false;
     }
     // Escapes as `normalise` reads them: `%` and two hex digits, else a plain `%`.
@@ -182,8 +193,19 @@ pub(crate) fn decide_decoding_always(
 }
 
 /// Only paths with escapes, dot segments or empty segments can decode differently.
+#[cfg(test)]
 fn needs_normalising(path: &[u8]) -> bool {
-    path.contains(&b'%') || path.windows(2).any(|w| w == b"/." || w == b"//")
+    path.contains(&b'%') || has_dot_or_empty_segment(path)
+}
+
+/// Whether some `/` is followed by `.` or `/` (a dot segment or an empty one may follow).
+/// Every request's path is checked, and almost none has one: the whole path is scanned
+/// without an early exit, which the compiler turns into vector compares.
+fn has_dot_or_empty_segment(path: &[u8]) -> bool {
+    let next = path.get(1..).unwrap_or_default();
+    path.iter().zip(next).fold(false, |found, (&b, &after)| {
+        found | ((b == b'/') & ((after == b'.') | (after == b'/')))
+    })
 }
 
 /// The path as an upstream that decodes before routing would see it: every `%XX`
@@ -302,6 +324,25 @@ fn hex(b: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_and_empty_segments_are_found_anywhere() {
+        let by_pairs = |p: &[u8]| p.windows(2).any(|w| w == b"/." || w == b"//");
+        for path in [
+            &b""[..],
+            b"/",
+            b"//",
+            b"/.",
+            b"/a/",
+            b"/a/b",
+            b"/a/.b",
+            b"a./",
+            b"/_matrix/client/v3/rooms/%21a%3Ab/send",
+            b"/_matrix/client/v3/rooms/%21a%3Ab/send/m.room.message//x",
+        ] {
+            assert_eq!(has_dot_or_empty_segment(path), by_pairs(path), "{path:?}");
+        }
+    }
 
     #[test]
     fn prefixes_match_whole_segments() {
