@@ -244,14 +244,15 @@ pub fn parse_prefix(
         // and asterisk-form (`OPTIONS *`) has nothing to route.
         return Err(Reject::NotOriginForm);
     }
-    if target.as_bytes().contains(&b'#') {
+    // Scanned whole without an early exit (no target has one): vector compares.
+    if target.bytes().fold(false, |found, b| found | (b == b'#')) {
         // A fragment is never sent (RFC 9110 §4.2.4); parsers disagree on what follows it,
         // so it could hide dot segments from the routing check.
         return Err(Reject::FragmentInTarget);
     }
     let slice = |s: &[u8]| Span::of(head, s);
     let method = slice(method.as_bytes());
-    // `str::find` of an ASCII char is a memchr, not a byte loop; no `#` is left to stop at.
+    // `str::find` of an ASCII char is a memchr, not a byte loop.
     let path = slice(&target.as_bytes()[..target.find('?').unwrap_or(target.len())]);
     let target = slice(target.as_bytes());
 
