@@ -5,39 +5,16 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::forwarded::ClientIdentity;
+use crate::http1::names::HeaderRole;
 use crate::http1::request::{RawHeader, RequestBody, RequestHead, Version};
 use crate::http1::response::ResponseHead;
 use crate::http1::tokens::eq_ignore_case;
 
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&[u8]; 7] = [
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"te",
-    b"trailer",
-    b"transfer-encoding",
-    b"upgrade",
-];
-
-/// Headers a `Connection` list must not remove: the message would lose its framing
-/// or its authority (a sender listing them is broken or hostile; the list is ignored).
-const NEVER_LISTED: [&[u8]; 2] = [b"content-length", b"host"];
-
+/// Whether `name` (of role `role`) is listed in the message's `Connection` header (`listed`,
+/// lower case), which makes it hop-by-hop. Framing and authority cannot be listed away.
 #[inline]
-fn is_hop_by_hop(name: &[u8], listed: &[Bytes]) -> bool {
-    // `HOP_BY_HOP` by length first: most names are ruled out with one comparison.
-    let fixed = match name.len() {
-        2 => eq_ignore_case(name, HOP_BY_HOP[3]),
-        7 => eq_ignore_case(name, HOP_BY_HOP[4]) || eq_ignore_case(name, HOP_BY_HOP[6]),
-        10 => eq_ignore_case(name, HOP_BY_HOP[0]) || eq_ignore_case(name, HOP_BY_HOP[1]),
-        16 => eq_ignore_case(name, HOP_BY_HOP[2]),
-        17 => eq_ignore_case(name, HOP_BY_HOP[5]),
-        _ => false,
-    };
-    fixed
-        || (listed.iter().any(|t| eq_ignore_case(name, t))
-            && !NEVER_LISTED.iter().any(|n| eq_ignore_case(name, n)))
+fn listed_in_connection(name: &[u8], role: HeaderRole, listed: &[Bytes]) -> bool {
+    !listed.is_empty() && !role.never_listed() && listed.iter().any(|t| eq_ignore_case(name, t))
 }
 
 fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
@@ -135,30 +112,22 @@ pub fn upstream_request(
         out.put_slice(head.target());
         out.put_slice(b" HTTP/1.1\r\n");
     }
-    // Headers mxgate writes itself (by length first, as `is_hop_by_hop`).
-    let replaced = |name: &[u8]| {
-        let fixed = match name.len() {
-            6 => eq_ignore_case(name, b"expect"),
-            14 => eq_ignore_case(name, b"content-length"),
-            15 => eq_ignore_case(name, b"x-forwarded-for"),
-            17 => eq_ignore_case(name, b"x-forwarded-proto"),
-            _ => false,
-        };
-        fixed || eq_ignore_case(name, request_id_header.as_bytes())
-    };
     let mut lines = LineCopier::new(raw);
     for header in head.raw_headers() {
-        let name = header.name.get(raw);
-        let upgrade_kept = head.upgrade && eq_ignore_case(name, b"upgrade");
-        if !upgrade_kept && is_hop_by_hop(name, &head.connection_tokens) {
+        let (name, role) = (header.name.get(raw), header.role);
+        let upgrade_kept = head.upgrade && role == HeaderRole::Upgrade;
+        let hop_by_hop = !upgrade_kept
+            && (role.is_hop_by_hop() || listed_in_connection(name, role, &head.connection_tokens));
+        // Headers mxgate writes itself.
+        let replaced = matches!(
+            role,
+            HeaderRole::Expect | HeaderRole::ContentLength | HeaderRole::Forwarding
+        ) || eq_ignore_case(name, request_id_header.as_bytes());
+        if hop_by_hop || replaced {
             lines.flush(out);
-            continue;
+        } else {
+            lines.keep(out, header);
         }
-        if replaced(name) {
-            lines.flush(out);
-            continue;
-        }
-        lines.keep(out, header);
     }
     lines.flush(out);
     if head.host().is_none() {
@@ -229,10 +198,12 @@ pub fn client_response(
     let reframed = framing == ClientFraming::Chunked || framing == ClientFraming::Close;
     let mut lines = LineCopier::new(raw);
     for header in resp.raw_headers() {
-        let name = header.name.get(raw);
-        let upgrade_kept = switching_protocols && eq_ignore_case(name, b"upgrade");
-        let dropped = (!upgrade_kept && is_hop_by_hop(name, &resp.connection_tokens))
-            || (reframed && eq_ignore_case(name, b"content-length"))
+        let (name, role) = (header.name.get(raw), header.role);
+        let upgrade_kept = switching_protocols && role == HeaderRole::Upgrade;
+        let hop_by_hop = !upgrade_kept
+            && (role.is_hop_by_hop() || listed_in_connection(name, role, &resp.connection_tokens));
+        let dropped = hop_by_hop
+            || (reframed && role == HeaderRole::ContentLength)
             || request_id.is_some_and(|(id_name, _)| eq_ignore_case(name, id_name.as_bytes()));
         if dropped {
             lines.flush(out);
@@ -263,23 +234,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hop_by_hop_names_are_found_by_length() {
-        for name in HOP_BY_HOP {
-            assert!(is_hop_by_hop(name, &[]), "{name:?}");
-            assert!(is_hop_by_hop(&name.to_ascii_uppercase(), &[]), "{name:?}");
-        }
-        for name in [
-            &b"host"[..],
-            b"tE",
-            b"upgrades",
-            b"x-connection",
-            b"content-length",
-        ] {
-            let expected = HOP_BY_HOP.iter().any(|h| eq_ignore_case(name, h));
-            assert_eq!(is_hop_by_hop(name, &[]), expected, "{name:?}");
-        }
+    fn connection_lists_remove_headers_but_not_framing_or_authority() {
         let listed = [Bytes::from_static(b"x-a"), Bytes::from_static(b"host")];
-        assert!(is_hop_by_hop(b"X-A", &listed));
-        assert!(!is_hop_by_hop(b"Host", &listed));
+        let listed_as = |name: &[u8]| listed_in_connection(name, HeaderRole::of(name), &listed);
+        assert!(listed_as(b"X-A"));
+        assert!(!listed_as(b"Host"));
+        assert!(!listed_as(b"x-b"));
+        assert!(!listed_in_connection(b"x-a", HeaderRole::Other, &[]));
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod chunked;
 pub mod lines;
+pub mod names;
 pub mod reject;
 pub mod request;
 pub mod response;

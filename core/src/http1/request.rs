@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use super::names::HeaderRole;
 use super::reject::Reject;
 use super::tokens::{eq_ignore_case, for_each_token, parse_content_length};
 
@@ -67,11 +68,13 @@ impl Span {
     }
 }
 
-/// A header as it arrived: name and value as spans of the head.
+/// A header as it arrived: name and value as spans of the head, and what the name means
+/// to the proxy.
 #[derive(Debug, Clone, Copy)]
 pub struct RawHeader {
     pub name: Span,
     pub value: Span,
+    pub role: HeaderRole,
 }
 
 /// A validated request head: the raw bytes, and spans into them.
@@ -270,73 +273,77 @@ pub fn parse_prefix(
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
-        // Only these lengths can name a header checked below: most headers skip the checks.
-        let checked = matches!(name.len(), 4 | 6 | 7 | 10 | 14 | 17);
-        if !checked {
-            // Nothing to check.
-        } else if eq_ignore_case(name, b"host") {
-            if host.is_some() {
-                return Err(Reject::DuplicateHost);
-            }
-            host = Some(slice(value));
-        } else if eq_ignore_case(name, b"content-length") {
-            let n = parse_content_length(value).ok_or(Reject::BadContentLength)?;
-            match content_length {
-                Some(prev) if prev != n => return Err(Reject::ConflictingContentLength),
-                _ => content_length = Some(n),
-            }
-        } else if eq_ignore_case(name, b"transfer-encoding") {
-            saw_transfer_encoding = true;
-            let mut bad = None;
-            let mut any = false;
-            for_each_token(value, |tok| {
-                any = true;
-                if chunked_final {
-                    // Anything after `chunked` means chunked is not the final coding.
-                    bad.get_or_insert(Reject::ChunkedNotFinal);
+        let role = HeaderRole::of(name);
+        match role {
+            HeaderRole::Other | HeaderRole::OtherHopByHop | HeaderRole::Forwarding => {}
+            HeaderRole::Host => {
+                if host.is_some() {
+                    return Err(Reject::DuplicateHost);
                 }
-                if eq_ignore_case(tok, b"chunked") {
-                    chunked_final = true;
-                } else if is_known_coding(tok) {
-                    bad.get_or_insert(Reject::UnsupportedTransferCoding);
-                } else {
-                    bad.get_or_insert(Reject::UnknownTransferCoding);
+                host = Some(slice(value));
+            }
+            HeaderRole::ContentLength => {
+                let n = parse_content_length(value).ok_or(Reject::BadContentLength)?;
+                match content_length {
+                    Some(prev) if prev != n => return Err(Reject::ConflictingContentLength),
+                    _ => content_length = Some(n),
                 }
-            })
-            .map_err(|_| Reject::BadTransferEncoding)?;
-            if !any {
-                return Err(Reject::BadTransferEncoding);
             }
-            if let Some(r) = bad {
-                return Err(r);
-            }
-        } else if eq_ignore_case(name, b"connection") {
-            for_each_token(value, |tok| {
-                if eq_ignore_case(tok, b"close") {
-                    close = true;
-                } else if eq_ignore_case(tok, b"keep-alive") {
-                    if version == Version::Http10 {
-                        close = false;
+            HeaderRole::TransferEncoding => {
+                saw_transfer_encoding = true;
+                let mut bad = None;
+                let mut any = false;
+                for_each_token(value, |tok| {
+                    any = true;
+                    if chunked_final {
+                        // Anything after `chunked` means chunked is not the final coding.
+                        bad.get_or_insert(Reject::ChunkedNotFinal);
                     }
-                } else if eq_ignore_case(tok, b"upgrade") {
-                    connection_upgrade = true;
-                } else {
-                    connection_tokens.push(Bytes::from(tok.to_ascii_lowercase()));
+                    if eq_ignore_case(tok, b"chunked") {
+                        chunked_final = true;
+                    } else if is_known_coding(tok) {
+                        bad.get_or_insert(Reject::UnsupportedTransferCoding);
+                    } else {
+                        bad.get_or_insert(Reject::UnknownTransferCoding);
+                    }
+                })
+                .map_err(|_| Reject::BadTransferEncoding)?;
+                if !any {
+                    return Err(Reject::BadTransferEncoding);
                 }
-            })
-            .map_err(|_| Reject::BadHeaderValue)?;
-        } else if eq_ignore_case(name, b"expect") {
-            if eq_ignore_case(trim_ows(value), b"100-continue") {
-                expect_continue = true;
-            } else {
-                return Err(Reject::UnsupportedExpectation);
+                if let Some(r) = bad {
+                    return Err(r);
+                }
             }
-        } else if eq_ignore_case(name, b"upgrade") {
-            has_upgrade_header = true;
+            HeaderRole::Connection => {
+                for_each_token(value, |tok| {
+                    if eq_ignore_case(tok, b"close") {
+                        close = true;
+                    } else if eq_ignore_case(tok, b"keep-alive") {
+                        if version == Version::Http10 {
+                            close = false;
+                        }
+                    } else if eq_ignore_case(tok, b"upgrade") {
+                        connection_upgrade = true;
+                    } else {
+                        connection_tokens.push(Bytes::from(tok.to_ascii_lowercase()));
+                    }
+                })
+                .map_err(|_| Reject::BadHeaderValue)?;
+            }
+            HeaderRole::Expect => {
+                if eq_ignore_case(trim_ows(value), b"100-continue") {
+                    expect_continue = true;
+                } else {
+                    return Err(Reject::UnsupportedExpectation);
+                }
+            }
+            HeaderRole::Upgrade => has_upgrade_header = true,
         }
         headers.push(RawHeader {
             name: slice(name),
             value: slice(value),
+            role,
         });
     }
 

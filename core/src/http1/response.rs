@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 
+use super::names::HeaderRole;
 use super::reject::Reject;
 use super::request::{trim_ows, RawHeader, Span};
 use super::tokens::{eq_ignore_case, for_each_token, parse_content_length};
@@ -126,37 +127,44 @@ pub fn parse_prefix(
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
-        if eq_ignore_case(name, b"content-length") {
-            let n = parse_content_length(value).ok_or(Reject::BadContentLength)?;
-            if content_length.is_some_and(|p| p != n) {
-                return Err(Reject::ConflictingContentLength);
-            }
-            content_length = Some(n);
-        } else if eq_ignore_case(name, b"transfer-encoding") {
-            let mut last_chunked = false;
-            for_each_token(value, |t| last_chunked = eq_ignore_case(t, b"chunked"))
-                .map_err(|_| Reject::BadTransferEncoding)?;
-            if trim_ows(value).is_empty() {
-                return Err(Reject::BadTransferEncoding);
-            }
-            transfer_encoding = Some(last_chunked);
-        } else if eq_ignore_case(name, b"connection") {
-            for_each_token(value, |t| {
-                if eq_ignore_case(t, b"close") {
-                    close = true;
-                } else if eq_ignore_case(t, b"keep-alive") {
-                    if http10 {
-                        close = false;
-                    }
-                } else {
-                    connection_tokens.push(Bytes::from(t.to_ascii_lowercase()));
+        let role = HeaderRole::of(name);
+        match role {
+            HeaderRole::ContentLength => {
+                let n = parse_content_length(value).ok_or(Reject::BadContentLength)?;
+                if content_length.is_some_and(|p| p != n) {
+                    return Err(Reject::ConflictingContentLength);
                 }
-            })
-            .map_err(|_| Reject::BadHeaderValue)?;
+                content_length = Some(n);
+            }
+            HeaderRole::TransferEncoding => {
+                let mut last_chunked = false;
+                for_each_token(value, |t| last_chunked = eq_ignore_case(t, b"chunked"))
+                    .map_err(|_| Reject::BadTransferEncoding)?;
+                if trim_ows(value).is_empty() {
+                    return Err(Reject::BadTransferEncoding);
+                }
+                transfer_encoding = Some(last_chunked);
+            }
+            HeaderRole::Connection => {
+                for_each_token(value, |t| {
+                    if eq_ignore_case(t, b"close") {
+                        close = true;
+                    } else if eq_ignore_case(t, b"keep-alive") {
+                        if http10 {
+                            close = false;
+                        }
+                    } else {
+                        connection_tokens.push(Bytes::from(t.to_ascii_lowercase()));
+                    }
+                })
+                .map_err(|_| Reject::BadHeaderValue)?;
+            }
+            _ => {}
         }
         headers.push(RawHeader {
             name: Span::of(head, name),
             value: Span::of(head, value),
+            role,
         });
     }
     let body = if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
