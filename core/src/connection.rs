@@ -1664,7 +1664,6 @@ fn parse_whole_response(
     Some(head)
 }
 
-/// The first space-delimited token after any leading empty lines (a method, if readable).
 /// How long `pool`'s upstream may take to answer (its own setting, else the default).
 fn response_timeout(config: &Config, pool: PoolId) -> Duration {
     config.pools[pool]
@@ -1672,6 +1671,7 @@ fn response_timeout(config: &Config, pool: PoolId) -> Duration {
         .unwrap_or(config.timeouts.upstream_response)
 }
 
+/// The first space-delimited token after any leading empty lines (a method, if readable).
 fn first_token(buf: &[u8]) -> &[u8] {
     let start = buf
         .iter()
