@@ -1134,7 +1134,6 @@ impl Connection {
         (fallback, balancer.pick(None, &parts).unwrap_or(0))
     }
 
-    /// The response timeout for the exchange's pool.
     /// Passes buffered request-body bytes upstream, re-framing chunked bodies.
     fn pump_request_body(&mut self, now: Instant) {
         let max_body = self.config.limits.max_body_bytes;

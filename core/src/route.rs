@@ -75,12 +75,12 @@ pub fn decide_reusing(
     buffers: &mut PathBuffers,
 ) -> Result<Decision, crate::http1::reject::Reject> {
     let raw = decide_path(config, listener, path, client);
-    let segments_change = has_dot_or_empty_segment(path);
-    let first_escape = path.iter().position(|&b| b == b'%');
-    let decoding_changes = segments_change || first_escape.is_some();
-    if decoding_changes
-        && (segments_change || !escapes_cannot_reroute(listener, path, raw, first_escape))
-    {
+    let must_decode = has_dot_or_empty_segment(path)
+        || path
+            .iter()
+            .position(|&b| b == b'%')
+            .is_some_and(|first| !escapes_cannot_reroute(listener, path, raw, first));
+    if must_decode {
         let mut stack = [0u8; STACK_PATH + 1];
         let buf = if path.len() <= STACK_PATH {
             &mut stack[..]
@@ -127,24 +127,16 @@ fn decide_path(config: &Config, listener: &Listener, path: &[u8], client: IpAddr
 }
 
 /// Whether decoding `path`, which has no dot or empty segments and its first `%` at
-/// `first_escape`, provably leaves its decision `raw` as it is, without building the
+/// `first`, provably leaves its decision `raw` as it is, without building the
 /// decoded path (Matrix paths carry escaped ids: `/rooms/%21id%3Aserver/send/…`): no
 /// escape decodes to `/` or `.`, so decoding changes no segment boundary and no byte
 /// before the first `%`; and that `%` comes after every prefix routing compares (the
 /// decisions that look further, well-known documents and `/health`, are not taken this
 /// way).
-fn escapes_cannot_reroute(
-    listener: &Listener,
-    path: &[u8],
-    raw: Decision,
-    first_escape: Option<usize>,
-) -> bool {
+fn escapes_cannot_reroute(listener: &Listener, path: &[u8], raw: Decision, first: usize) -> bool {
     if matches!(raw, Decision::WellKnown(_) | Decision::Health) {
         return false;
     }
-    let Some(first) = first_escape else {
-        return false;
-    };
     let longest_prefix = listener
         .routes
         .iter()
