@@ -1056,7 +1056,9 @@ impl Connection {
             TimerKind::UpstreamConnect,
             now + self.config.timeouts.upstream_connect,
         );
-        let exchange = Exchange {
+        // Built where it lives (the last exchange's box, when kept), not on the stack and
+        // then copied: the exchange is a few hundred bytes.
+        let exchange = |urx| Exchange {
             started,
             head,
             identity,
@@ -1069,7 +1071,7 @@ impl Connection {
             retryable,
             retried: false,
             upstream: Upstream::Connecting { fresh: false },
-            urx: BytesMut::new(),
+            urx,
             response: ResponseState::AwaitingHead {
                 scanned: ScanState::default(),
             },
@@ -1084,10 +1086,10 @@ impl Connection {
         let exchange = match scratch(&mut self.scratch).exchange.take() {
             Some(mut reused) => {
                 let urx = std::mem::take(&mut reused.urx);
-                *reused = Exchange { urx, ..exchange };
+                *reused = exchange(urx);
                 reused
             }
-            None => Box::new(exchange),
+            None => Box::new(exchange(BytesMut::new())),
         };
         self.state = State::Exchange(exchange);
         self.outputs.push_back(Output::ConnectUpstream {
