@@ -15,7 +15,7 @@ use crate::http1::lines::{head_start, scan_head, strict_lines, HeadScan, ScanLim
 use crate::http1::reject::Reject;
 use crate::http1::request::{self, RawHeader, RequestBody, RequestHead, Version};
 use crate::http1::response::{self, ResponseBody, ResponseHead, MAX_RESPONSE_HEADERS};
-use crate::output::{AccessRecord, ExchangeStats, Output, TimerKind};
+use crate::output::{AccessRecord, ExchangeStats, Output, TimerKind, UpstreamFault};
 use crate::rewrite::{self, ClientFraming};
 use crate::route::{self, Decision, PathBuffers, WellKnownDoc};
 use crate::timer::{earliest, Deadline, ExchangeTimers};
@@ -203,7 +203,7 @@ impl Exchange {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Failure {
     UpstreamUnreachable,
-    UpstreamBroken,
+    UpstreamBroken(UpstreamFault),
     UpstreamTimeout,
     ClientBodyTimeout,
     BodyTooLarge,
@@ -213,7 +213,7 @@ enum Failure {
 impl Failure {
     fn status(self) -> u16 {
         match self {
-            Failure::UpstreamUnreachable | Failure::UpstreamBroken => 502,
+            Failure::UpstreamUnreachable | Failure::UpstreamBroken(_) => 502,
             Failure::UpstreamTimeout => 504,
             Failure::ClientBodyTimeout => 408,
             Failure::BodyTooLarge => 413,
@@ -223,7 +223,7 @@ impl Failure {
     fn message(self) -> &'static str {
         match self {
             Failure::UpstreamUnreachable => "The homeserver could not be reached",
-            Failure::UpstreamBroken => "The homeserver sent an invalid or incomplete response",
+            Failure::UpstreamBroken(_) => "The homeserver sent an invalid or incomplete response",
             Failure::UpstreamTimeout => "The homeserver did not answer in time",
             Failure::ClientBodyTimeout => "The request body stalled",
             Failure::BodyTooLarge => "Request body too large",
@@ -438,7 +438,7 @@ impl Connection {
                 });
             }
             ResponseState::Done => {}
-            _ => self.fail(now, Failure::UpstreamBroken),
+            _ => self.fail(now, Failure::UpstreamBroken(UpstreamFault::ClosedEarly)),
         }
     }
 
@@ -1250,9 +1250,9 @@ impl Connection {
                     let (start, end) = match scan {
                         Ok(HeadScan::Partial) => return,
                         Ok(HeadScan::Complete { start, end }) => (start, end),
-                        Err(_) => {
+                        Err(rule) => {
                             ex.upstream_spoiled = true;
-                            self.fail(now, Failure::UpstreamBroken);
+                            self.fail(now, Failure::UpstreamBroken(UpstreamFault::Refused(rule)));
                             return;
                         }
                     };
@@ -1267,12 +1267,12 @@ impl Connection {
                                 return;
                             }
                         }
-                        Err(_) => {
+                        Err(rule) => {
                             let State::Exchange(ex) = &mut self.state else {
                                 return;
                             };
                             ex.upstream_spoiled = true;
-                            self.fail(now, Failure::UpstreamBroken);
+                            self.fail(now, Failure::UpstreamBroken(UpstreamFault::Refused(rule)));
                             return;
                         }
                     }
@@ -1332,7 +1332,8 @@ impl Connection {
                     }
                     if broken {
                         ex.upstream_spoiled = true;
-                        self.fail(now, Failure::UpstreamBroken);
+                        let fault = UpstreamFault::Refused(Reject::BadChunk);
+                        self.fail(now, Failure::UpstreamBroken(fault));
                         return;
                     }
                     if !matches!(ex.response, ResponseState::Done) {
@@ -1359,7 +1360,7 @@ impl Connection {
         if resp.status == 101 {
             if !ex.head.upgrade {
                 ex.upstream_spoiled = true;
-                self.fail(now, Failure::UpstreamBroken);
+                self.fail(now, Failure::UpstreamBroken(UpstreamFault::UnaskedUpgrade));
                 return false;
             }
             let head = rewrite::client_response(
@@ -1523,6 +1524,13 @@ impl Connection {
             return;
         };
         ex.upstream_spoiled = true;
+        if let Failure::UpstreamBroken(fault) = failure {
+            self.outputs.push_back(Output::UpstreamFault {
+                pool: ex.pool,
+                backend: ex.backend,
+                fault,
+            });
+        }
         if ex.response_started() {
             ex.close_after = true;
             let status = ex.status;

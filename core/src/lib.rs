@@ -19,7 +19,7 @@ pub mod workers;
 pub use answer::overloaded as overloaded_response;
 pub use config::{Config, ListenerId, PoolId, UpstreamPool};
 pub use connection::{Connection, ExchangeBuffers};
-pub use output::{AccessRecord, ExchangeStats, Output, TimerKind};
+pub use output::{AccessRecord, ExchangeStats, Output, TimerKind, UpstreamFault};
 
 #[cfg(test)]
 mod tests;

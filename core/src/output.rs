@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::config::{ListenerId, PoolId};
+use crate::http1::reject::Reject;
 
 /// One thing for the runtime to do, in order. Bytes must be written completely, in the
 /// order given, before the runtime feeds the engine more input from that side.
@@ -37,6 +38,44 @@ pub enum Output {
     /// An exchange finished, with access logging off: what metrics need, without the
     /// allocation and the work of a whole record.
     ExchangeDone(ExchangeStats),
+    /// The upstream `backend` of `pool` answered in a way that could not be passed on (the
+    /// client gets a 502, or a cut connection once its response had started). For the
+    /// runtime's log: an admin sees why, not only that.
+    UpstreamFault {
+        pool: PoolId,
+        backend: usize,
+        fault: UpstreamFault,
+    },
+}
+
+/// What was wrong with an upstream's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFault {
+    /// The response head or body broke this rule.
+    Refused(Reject),
+    /// `101 Switching Protocols` to a request that asked for no upgrade.
+    UnaskedUpgrade,
+    /// The connection closed before the response was complete.
+    ClosedEarly,
+}
+
+impl core::fmt::Display for UpstreamFault {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            // The rules' texts are written for requests; these few name the request.
+            UpstreamFault::Refused(Reject::HeadTooLarge) => f.write_str("response head too large"),
+            UpstreamFault::Refused(Reject::TooManyHeaders) => {
+                f.write_str("too many response headers")
+            }
+            UpstreamFault::Refused(rule) => write!(f, "response refused: {}", rule.reason()),
+            UpstreamFault::UnaskedUpgrade => {
+                f.write_str("101 Switching Protocols to a request that asked for no upgrade")
+            }
+            UpstreamFault::ClosedEarly => {
+                f.write_str("connection closed before the response was complete")
+            }
+        }
+    }
 }
 
 /// The numbers of one finished exchange, for metrics. Stored compactly (it travels in

@@ -227,6 +227,8 @@ pub struct Driver {
     pub max_engine_heap: usize,
     /// Times the driver had client bytes but the engine did not want them.
     pub backpressure: usize,
+    /// Upstream answers the engine reported as not passed on.
+    pub faults: usize,
 }
 
 /// Heap the engine may hold beyond its input: limits plus buffers' slack.
@@ -267,6 +269,7 @@ impl Driver {
             largest_piece: 0,
             max_engine_heap: 0,
             backpressure: 0,
+            faults: 0,
         };
         d.drain();
         d.heap_base = super::live_heap_bytes().map(|b| b.saturating_sub(d.own_heap()));
@@ -373,6 +376,11 @@ impl Driver {
                     });
                     self.connects_now = 0;
                     self.upstream_bytes_now = 0;
+                }
+                Output::UpstreamFault { .. } => {
+                    // Reported about the answer on the connection the exchange holds.
+                    assert!(self.held.is_some(), "an upstream fault without an upstream");
+                    self.faults += 1;
                 }
             }
         }

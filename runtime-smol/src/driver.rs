@@ -742,6 +742,11 @@ impl Driver {
                 stats.status(),
                 stats.upstream_duration(),
             ),
+            Output::UpstreamFault {
+                pool,
+                backend,
+                fault,
+            } => logging::upstream_fault(&self.shared.config, pool, backend, fault),
             Output::ConnectUpstream {
                 pool,
                 backend,

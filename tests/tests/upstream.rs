@@ -83,5 +83,16 @@ fn upstream_cut_mid_body_closes_client() {
                 ),
             }
         }
+        // The admin is told why (the line is written as the engine reports the fault).
+        let said = |log: String| log.contains("closed before the response was complete");
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !said(s.proxy.log()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            said(s.proxy.log()),
+            "the proxy's log does not say why: {}",
+            s.proxy.log_tail(20)
+        );
     });
 }

@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use super::harness::*;
+use crate::http1::reject::Reject;
+use crate::UpstreamFault;
 
 #[test]
 fn forwards_a_matrix_request_with_forwarding_headers() {
@@ -600,6 +602,59 @@ fn upstream_garbage_gives_502() {
         .connected(false)
         .upstream(b"SSH-2.0-OpenSSH\r\n\r\n");
     assert_eq!(status(&h.client_text()), 502);
+    assert_eq!(
+        h.faults,
+        vec![(0, UpstreamFault::Refused(Reject::BadStatusLine))],
+        "the runtime is told why, for its log"
+    );
+}
+
+#[test]
+fn every_upstream_fault_is_reported_with_its_reason() {
+    let faults = |response: &[u8], eof: bool| {
+        let mut h = Harness::new(CLIENT_HTTPS, "203.0.113.5");
+        h.client(get("/_matrix/a").as_bytes())
+            .connected(false)
+            .upstream(response);
+        if eof {
+            h.upstream_eof();
+        }
+        h.faults.iter().map(|(_, f)| *f).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        faults(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            false
+        ),
+        [UpstreamFault::Refused(Reject::ConflictingContentLength)]
+    );
+    assert_eq!(
+        faults(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            false
+        ),
+        [UpstreamFault::Refused(Reject::BadChunk)]
+    );
+    assert_eq!(
+        faults(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+            false
+        ),
+        [UpstreamFault::UnaskedUpgrade]
+    );
+    assert_eq!(
+        faults(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345", true),
+        [UpstreamFault::ClosedEarly]
+    );
+    assert_eq!(faults(OK_RESPONSE, false), []);
+    assert_eq!(
+        UpstreamFault::Refused(Reject::HeadTooLarge).to_string(),
+        "response head too large"
+    );
+    assert_eq!(
+        UpstreamFault::Refused(Reject::BadChunk).to_string(),
+        "response refused: malformed chunked body"
+    );
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::config::*;
-use crate::{AccessRecord, Connection, ExchangeStats, Output};
+use crate::{AccessRecord, Connection, ExchangeStats, Output, UpstreamFault};
 
 pub const CLIENT_HTTP: ListenerId = 0;
 pub const CLIENT_HTTPS: ListenerId = 1;
@@ -111,6 +111,8 @@ pub struct Harness {
     pub logs: Vec<AccessRecord>,
     /// What exchanges report with access logging off.
     pub stats: Vec<ExchangeStats>,
+    /// Upstream answers the engine would not pass on, as it reported them.
+    pub faults: Vec<(PoolId, UpstreamFault)>,
     /// An upstream connection is wanted but not yet answered.
     pub pending_connect: bool,
 }
@@ -133,6 +135,7 @@ impl Harness {
             upstreams: Vec::new(),
             logs: Vec::new(),
             stats: Vec::new(),
+            faults: Vec::new(),
             pending_connect: false,
         };
         h.drain();
@@ -169,6 +172,7 @@ impl Harness {
                 Output::CloseClient => self.client_closed = true,
                 Output::AccessLog(r) => self.logs.push(*r),
                 Output::ExchangeDone(stats) => self.stats.push(stats),
+                Output::UpstreamFault { pool, fault, .. } => self.faults.push((pool, fault)),
             }
         }
     }

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::io::IsTerminal;
 
+use mxgate_core::{Config, PoolId, UpstreamFault};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::filter::{filter_fn, EnvFilter, FilterExt, LevelFilter};
@@ -41,6 +42,18 @@ pub fn init() {
 /// Writes one access-log line.
 pub fn access(line: &str) {
     tracing::info!(target: ACCESS_TARGET, "{line}");
+}
+
+/// Logs an upstream answer the engine could not pass on ([`mxgate_core::Output::UpstreamFault`]):
+/// which pool and backend, and what was wrong.
+pub fn upstream_fault(config: &Config, pool: PoolId, backend: usize, fault: UpstreamFault) {
+    let pool = config.pools.get(pool);
+    let name = pool.map_or("?", |p| p.name.as_str());
+    let backend = pool
+        .and_then(|p| p.backends.get(backend))
+        .map(|b| b.authority())
+        .unwrap_or_default();
+    tracing::warn!(pool = name, backend = %backend, "upstream answer not passed on: {fault}");
 }
 
 /// Formats an event as its message alone.

@@ -417,6 +417,11 @@ impl Driver {
                         stats.status(),
                         stats.upstream_duration(),
                     ),
+                    Output::UpstreamFault {
+                        pool,
+                        backend,
+                        fault,
+                    } => logging::upstream_fault(&self.shared.config, pool, backend, fault),
                 }
             }
             let now = Instant::now();
