@@ -29,15 +29,13 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mxgate_core::{
-    AccessRecord, Connection, ExchangeBuffers, ListenerId, Output, PoolId, TimerKind,
-};
+use mxgate_core::{Connection, ExchangeBuffers, ListenerId, Output, PoolId, TimerKind};
 use mxgate_std::support::limit::Permit;
 use mxgate_std::support::metrics::OpenConnection;
-use mxgate_std::support::{access_log, logging};
+use mxgate_std::support::report;
 use smol::io::{AsyncRead, AsyncWriteExt};
 use smol::{future, Timer};
 
@@ -735,18 +733,11 @@ impl Driver {
                 Some(_) => {}
                 None => tracing::warn!("engine wrote to an upstream it does not hold (engine bug)"),
             },
-            Output::AccessLog(record) => self.access_log(&record),
-            Output::ExchangeDone(stats) => self.shared.metrics.count_exchange(
-                stats.listener(),
-                stats.pool(),
-                stats.status(),
-                stats.upstream_duration(),
-            ),
-            Output::UpstreamFault {
-                pool,
-                backend,
-                fault,
-            } => logging::upstream_fault(&self.shared.config, pool, backend, fault),
+            report @ (Output::AccessLog(_)
+            | Output::ExchangeDone(_)
+            | Output::UpstreamFault { .. }) => {
+                report::handle(&self.shared.config, &self.shared.metrics, report)
+            }
             Output::ConnectUpstream {
                 pool,
                 backend,
@@ -984,18 +975,6 @@ impl Driver {
             if let Err(err) = closed.and_then(|()| self.client.shutdown_write()) {
                 tracing::debug!(error = %err, "closing the client connection failed");
             }
-        }
-    }
-
-    fn access_log(&self, record: &AccessRecord) {
-        self.shared.metrics.record(record);
-        if let Some(line) = access_log::format(
-            &self.shared.config,
-            record,
-            Instant::now(),
-            SystemTime::now(),
-        ) {
-            logging::access(&line);
         }
     }
 

@@ -7,7 +7,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use mxgate_core::config::{canonical_ip, Scheme};
 use mxgate_core::{Connection, ListenerId, Output, PoolId, TimerKind};
@@ -17,7 +17,7 @@ use super::Shared;
 use crate::support::limit::Permit;
 use crate::support::metrics::ListenerMetrics;
 use crate::support::proxy_header::{self, Admission};
-use crate::support::{access_log, logging, net};
+use crate::support::{net, report};
 
 /// Each reader's buffer: the most either side is ever read ahead of the engine.
 const READ_BUF: usize = 32 * 1024;
@@ -402,26 +402,11 @@ impl Driver {
                     } => connect = Some((pool, backend, fresh)),
                     Output::ReleaseUpstream { reusable } => self.release_upstream(reusable),
                     Output::CloseClient => self.close_client(),
-                    Output::AccessLog(record) => {
-                        self.shared.metrics.record(&record);
-                        let (config, now) = (&self.shared.config, Instant::now());
-                        if let Some(line) =
-                            access_log::format(config, &record, now, SystemTime::now())
-                        {
-                            logging::access(&line);
-                        }
+                    report @ (Output::AccessLog(_)
+                    | Output::ExchangeDone(_)
+                    | Output::UpstreamFault { .. }) => {
+                        report::handle(&self.shared.config, &self.shared.metrics, report)
                     }
-                    Output::ExchangeDone(stats) => self.shared.metrics.count_exchange(
-                        stats.listener(),
-                        stats.pool(),
-                        stats.status(),
-                        stats.upstream_duration(),
-                    ),
-                    Output::UpstreamFault {
-                        pool,
-                        backend,
-                        fault,
-                    } => logging::upstream_fault(&self.shared.config, pool, backend, fault),
                 }
             }
             let now = Instant::now();
