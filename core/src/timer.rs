@@ -80,7 +80,7 @@ mod tests {
 
     #[test]
     fn a_slot_stops_only_its_own_kind() {
-        let now = Instant::now();
+        let now = crate::tests::epoch();
         let mut slot = Deadline::new(TimerKind::ClientHeader);
         slot.set(TimerKind::ClientIdle, now);
         slot.stop(TimerKind::ClientHeader);
@@ -91,7 +91,7 @@ mod tests {
 
     #[test]
     fn the_earliest_wins_and_ties_keep_order() {
-        let now = Instant::now();
+        let now = crate::tests::epoch();
         let later = now + Duration::from_secs(1);
         let picked = earliest([
             Some((later, TimerKind::ClientIdle)),

@@ -124,7 +124,7 @@ impl Harness {
 
     pub fn with_config(config: Config, listener: ListenerId, peer: &str) -> Self {
         let peer: IpAddr = peer.parse().unwrap();
-        let now = Instant::now();
+        let now = crate::tests::epoch();
         let conn = Connection::new(Arc::new(config), listener, peer, 42, now);
         let mut h = Harness {
             conn,

@@ -5,3 +5,9 @@ mod harness;
 mod properties;
 mod table;
 mod workers;
+
+/// The start of a test's virtual time. An `Instant` can only be had from the clock, so the
+/// tests take their base instant here, in one place; the engine never reads the clock.
+pub(crate) fn epoch() -> std::time::Instant {
+    std::time::Instant::now()
+}

@@ -1,7 +1,6 @@
 //! Worker routing through the engine: the pool and backend a request is sent to.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::config::parse_config;
 use crate::workers::health::PoolHealth;
@@ -28,7 +27,7 @@ fn config() -> Arc<Config> {
 
 /// (pool name, backend index) a request is sent to.
 fn destination(config: &Arc<Config>, request: &str) -> (String, usize) {
-    let now = Instant::now();
+    let now = crate::tests::epoch();
     let mut conn = Connection::new(
         Arc::clone(config),
         0,
@@ -90,7 +89,7 @@ fn a_pool_without_healthy_backends_falls_back_to_the_main_process() {
     let media = c
         .pool_for_role(crate::workers::table::WorkerRole::MediaRepository)
         .unwrap();
-    let now = Instant::now();
+    let now = crate::tests::epoch();
     let mut health = PoolHealth::with_flags(
         c.pools[media].balancer.health_flags(),
         c.pools[media].health.clone(),

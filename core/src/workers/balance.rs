@@ -237,7 +237,7 @@ impl PoolRuntime {
 #[cfg(test)]
 mod tests {
     use core::net::{IpAddr, Ipv4Addr};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use super::super::health::{HealthConfig, PoolHealth};
     use super::*;
@@ -287,9 +287,9 @@ mod tests {
                 eject_after: 1,
                 ..HealthConfig::default()
             },
-            Instant::now(),
+            crate::tests::epoch(),
         );
-        h.connect_failed(1, Instant::now());
+        h.connect_failed(1, crate::tests::epoch());
         let flags = h.flags();
         let c = PoolCounters::new(3);
         let got: Vec<_> = (0..4)
@@ -297,7 +297,7 @@ mod tests {
             .collect();
         assert_eq!(got, [0, 2, 2, 0]);
         for i in 0..3 {
-            h.connect_failed(i, Instant::now());
+            h.connect_failed(i, crate::tests::epoch());
         }
         assert_eq!(pick(Policy::RoundRobin, &b, &flags, None, &c), None);
         assert_eq!(pick(Policy::LeastConnections, &b, &flags, None, &c), None);
@@ -348,7 +348,7 @@ mod tests {
 
     #[test]
     fn half_open_gets_exactly_one_trial() {
-        let t0 = Instant::now();
+        let t0 = crate::tests::epoch();
         let mut h = PoolHealth::new(
             2,
             HealthConfig {

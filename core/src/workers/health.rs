@@ -477,7 +477,7 @@ mod quiet_half_open {
 
     #[test]
     fn an_untried_half_open_backend_has_no_past_deadline() {
-        let t0 = Instant::now();
+        let t0 = crate::tests::epoch();
         let config = HealthConfig::passive();
         let eject_for = config.eject_for;
         let mut h = PoolHealth::new(1, config.clone(), t0);
@@ -508,7 +508,7 @@ mod tests {
 
     #[test]
     fn probes_take_a_backend_down_after_fall_and_up_after_rise() {
-        let t0 = Instant::now();
+        let t0 = crate::tests::epoch();
         let mut h = PoolHealth::new(2, HealthConfig::default(), t0);
         let flags = h.flags();
         assert!(flags.is_usable(0) && flags.is_usable(1));
@@ -548,7 +548,7 @@ mod tests {
 
     #[test]
     fn connect_failures_eject_then_half_open_admits_one_trial() {
-        let t0 = Instant::now();
+        let t0 = crate::tests::epoch();
         let config = HealthConfig {
             probe_interval: None,
             ..HealthConfig::default()
@@ -614,7 +614,7 @@ mod tests {
 
     #[test]
     fn a_lost_trial_is_released_after_the_cool_down() {
-        let t0 = Instant::now();
+        let t0 = crate::tests::epoch();
         let config = HealthConfig {
             probe_interval: None,
             eject_after: 1,
@@ -634,7 +634,7 @@ mod tests {
 
     #[test]
     fn ejection_can_be_disabled() {
-        let t0 = Instant::now();
+        let t0 = crate::tests::epoch();
         let config = HealthConfig {
             eject_after: 0,
             ..HealthConfig::default()
@@ -649,7 +649,7 @@ mod tests {
 
     #[test]
     fn probes_are_scheduled_per_backend() {
-        let t0 = Instant::now();
+        let t0 = crate::tests::epoch();
         let mut h = PoolHealth::new(2, HealthConfig::default(), t0);
         assert_eq!(h.next_probe_due(), Some(t0));
         assert_eq!(h.poll_probe(t0), Some(0));
@@ -673,7 +673,7 @@ mod tests {
 
     #[test]
     fn a_probe_down_backend_stays_down_through_a_closed_breaker() {
-        let t0 = Instant::now();
+        let t0 = crate::tests::epoch();
         let mut h = PoolHealth::new(1, HealthConfig::default(), t0);
         for _ in 0..3 {
             h.probe_failed(0, ProbeFailure::Status(503), t0);
