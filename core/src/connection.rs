@@ -498,6 +498,21 @@ impl Connection {
         self.progress(now);
     }
 
+    /// Switches an idle connection to a reloaded configuration, `listener` being its
+    /// listener's id in it: the next request (and the idle timeout until then) follows
+    /// `config`. Refused (`false`, nothing changes) unless the connection is idle with no
+    /// output pending: an exchange in flight always finishes on the configuration it began
+    /// with, so the runtime tries again once [`Connection::is_idle`].
+    pub fn reconfigure(&mut self, config: Arc<Config>, listener: ListenerId) -> bool {
+        if !self.is_idle() || !self.outputs.is_empty() || listener >= config.listeners.len() {
+            return false;
+        }
+        self.config = config;
+        self.listener = u32::try_from(listener).unwrap_or(u32::MAX);
+        self.arm_head_timer();
+        true
+    }
+
     /// Takes this idle connection's reusable buffers (see [`ExchangeBuffers`]); `None` while
     /// an exchange is in flight, output is pending, or it holds none.
     pub fn take_buffers(&mut self) -> Option<ExchangeBuffers> {

@@ -41,7 +41,7 @@ use smol::{future, Timer};
 
 use crate::stream::{bounded, write_now, write_queue, ClientStream};
 use crate::upstream::UpstreamConn;
-use crate::Shared;
+use crate::{Generation, Shared};
 
 /// Size of the per-thread read buffer.
 pub(crate) const READ_BUF: usize = 64 * 1024;
@@ -191,19 +191,22 @@ impl Driver {
     pub(crate) fn new(opened: Opened) -> Driver {
         let Opened {
             shared,
+            generation,
             listener,
             peer,
             client,
             guards,
         } = opened;
         let conn = Connection::new(
-            shared.config.clone(),
+            generation.config.clone(),
             listener,
             mxgate_core::config::canonical_ip(peer),
             fastrand::u64(..),
             Instant::now(),
         );
         Driver {
+            reload_seen: generation.id,
+            generation,
             shared,
             conn,
             client,
@@ -228,6 +231,7 @@ impl Driver {
 /// A client connection ready for the engine (after the PROXY header and TLS handshake).
 pub(crate) struct Opened {
     pub shared: Arc<Shared>,
+    pub generation: Arc<Generation>,
     pub listener: ListenerId,
     pub peer: IpAddr,
     pub client: ClientStream,
@@ -301,11 +305,18 @@ enum Wake {
     Upstream,
     Timer,
     Shutdown,
+    /// A reload installed a configuration generation this connection has not looked at,
+    /// or one it is to move to now that it is idle.
+    Reload,
 }
 
 /// Runs one client connection to its end (see the module's documentation).
 pub(crate) struct Driver {
     shared: Arc<Shared>,
+    /// The configuration generation the connection's engine runs on.
+    generation: Arc<Generation>,
+    /// The newest generation this connection has looked at (see [`Driver::follow_reload`]).
+    reload_seen: u64,
     conn: Connection,
     client: ClientStream,
     /// EOF (or a read/write failure) was reported to the engine.
@@ -396,6 +407,7 @@ impl Driver {
                     self.shutdown_seen = true;
                     self.conn.begin_shutdown(Instant::now());
                 }
+                Wake::Reload => self.follow_reload(),
             }
         }
         // Boxed: the lingering close is rare and its state would otherwise enlarge every
@@ -489,7 +501,56 @@ impl Driver {
         if self.poll_shutdown(cx) {
             return Poll::Ready(Wake::Shutdown);
         }
+        // (Woken through the shutdown registration made just above.)
+        if self.reload_due() {
+            return Poll::Ready(Wake::Reload);
+        }
         Poll::Pending
+    }
+
+    /// Whether [`Driver::follow_reload`] has something to do: a generation not looked at
+    /// yet, or one to move to now that the connection is idle.
+    fn reload_due(&self) -> bool {
+        if self.shutdown_seen {
+            return false; // closing anyway (shutdown, or its listener was removed)
+        }
+        let current = self.shared.generation();
+        current != self.reload_seen
+            || (self.generation.id != current && self.conn.is_idle() && self.up.is_none())
+    }
+
+    /// Follows a reload: a connection whose listener the new configuration no longer has
+    /// is drained (its exchange in flight finishes, then it closes); an idle one moves to
+    /// the new generation, so its next request follows the new configuration; a busy one
+    /// moves when its exchange is over (this is called again then).
+    fn follow_reload(&mut self) {
+        let current = self.shared.current();
+        self.reload_seen = current.id;
+        if current.id == self.generation.id {
+            return;
+        }
+        let name = self
+            .generation
+            .config
+            .listeners
+            .get(self.conn.listener())
+            .map(|l| l.name.as_str());
+        let Some(listener) = current
+            .config
+            .listeners
+            .iter()
+            .position(|l| Some(l.name.as_str()) == name)
+        else {
+            if !self.shutdown_seen {
+                tracing::debug!(listener = ?name, "listener removed by a reload: draining the connection");
+                self.shutdown_seen = true;
+                self.conn.begin_shutdown(Instant::now());
+            }
+            return; // stays on its generation until it closes
+        };
+        if self.up.is_none() && self.conn.reconfigure(current.config.clone(), listener) {
+            self.generation = current;
+        }
     }
 
     fn poll_client_ready(&self, want_client: bool, cx: &mut Context<'_>) -> bool {
@@ -542,7 +603,9 @@ impl Driver {
                 Poll::Ready(Ok(n)) => {
                     self.client_more = n == buf.len();
                     self.tls_socket_only = false;
-                    if let Some(metrics) = self.shared.listener_metrics.get(self.conn.listener()) {
+                    if let Some(metrics) =
+                        self.generation.listener_metrics.get(self.conn.listener())
+                    {
                         metrics.bytes_in.inc_by(n as u64);
                     }
                     if self.conn.is_idle() {
@@ -736,7 +799,7 @@ impl Driver {
             report @ (Output::AccessLog(_)
             | Output::ExchangeDone(_)
             | Output::UpstreamFault { .. }) => {
-                report::handle(&self.shared.config, &self.shared.metrics, report)
+                report::handle(&self.generation.config, &self.generation.metrics, report)
             }
             Output::ConnectUpstream {
                 pool,
@@ -800,7 +863,7 @@ impl Driver {
     }
 
     fn count_bytes_out(&self, n: u64) {
-        if let Some(metrics) = self.shared.listener_metrics.get(self.conn.listener()) {
+        if let Some(metrics) = self.generation.listener_metrics.get(self.conn.listener()) {
             metrics.bytes_out.inc_by(n);
         }
     }
@@ -834,7 +897,7 @@ impl Driver {
             if self.client_broken || self.client_closed {
                 queue.clear();
             } else {
-                let stall = self.shared.config.timeouts.client_body;
+                let stall = self.generation.config.timeouts.client_body;
                 match write_queue(&mut self.client, queue, stall).await {
                     Ok(n) => {
                         self.count_bytes_out(n);
@@ -850,7 +913,7 @@ impl Driver {
     }
 
     async fn flush_upstream(&mut self) {
-        let stall = self.shared.config.timeouts.upstream_response;
+        let stall = self.generation.config.timeouts.upstream_response;
         if let Some(up) = self.up.as_mut() {
             if !up.conn.queue.is_empty() {
                 if up.broken {
@@ -874,7 +937,7 @@ impl Driver {
                 "engine asked for an upstream while holding one (engine bug): closing the old one"
             );
         }
-        match self.shared.upstreams.take_idle(pool, backend, fresh) {
+        match self.generation.upstreams.take_idle(pool, backend, fresh) {
             Some(conn) => {
                 self.upstream_obtained(conn, true);
                 true
@@ -902,14 +965,14 @@ impl Driver {
             _ => None,
         };
         let deadline =
-            engine_deadline.unwrap_or(now + self.shared.config.timeouts.upstream_connect);
-        let shared = self.shared.clone();
+            engine_deadline.unwrap_or(now + self.generation.config.timeouts.upstream_connect);
+        let generation = self.generation.clone();
         let obtained = future::or(
             async {
                 Some(
-                    shared
+                    generation
                         .upstreams
-                        .connect(pool, backend, &shared.metrics)
+                        .connect(pool, backend, &generation.metrics)
                         .await,
                 )
             },
@@ -924,7 +987,7 @@ impl Driver {
             Some(Ok(conn)) => self.upstream_obtained(conn, false),
             Some(Err(err)) => {
                 let name = self
-                    .shared
+                    .generation
                     .config
                     .pools
                     .get(pool)
@@ -934,7 +997,7 @@ impl Driver {
             }
             None => {
                 let name = self
-                    .shared
+                    .generation
                     .config
                     .pools
                     .get(pool)
@@ -957,7 +1020,7 @@ impl Driver {
     fn release_upstream(&mut self, reusable: bool) {
         match self.up.take() {
             Some(up) if reusable && !up.broken && !up.eof && up.conn.queue.is_empty() => {
-                self.shared.upstreams.release(up.conn);
+                self.generation.upstreams.release(up.conn);
             }
             Some(_) => {} // dropped: closed
             None => tracing::debug!("engine released an upstream it does not hold"),

@@ -10,6 +10,7 @@ mod driver;
 mod listener;
 mod metrics;
 mod proxied;
+mod reload;
 mod shutdown;
 mod signals;
 mod stream;
@@ -17,13 +18,15 @@ mod upstream;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use anyhow::Context;
 use futures_rustls::TlsAcceptor;
 use mxgate_core::config::Scheme;
-use mxgate_core::Config;
+use mxgate_core::{Config, ListenerId};
 use mxgate_std::support::health::HealthChecker;
 use mxgate_std::support::limit::ConnectionLimit;
 use mxgate_std::support::metrics::{ListenerMetrics, Metrics};
@@ -38,28 +41,78 @@ use crate::listener::Bound;
 use crate::shutdown::ShutdownWakers;
 use crate::upstream::Upstreams;
 
-/// What every task of a running proxy shares.
-pub(crate) struct Shared {
+/// One configuration and what is built for it: a reload makes a new generation, and
+/// every connection moves to it at its next request (exchanges in flight finish on theirs).
+pub(crate) struct Generation {
+    /// Counts from 0 at start; each reload that changes something adds one.
+    pub id: u64,
     pub config: Arc<Config>,
     pub metrics: Metrics,
     /// Per listener (by id): handles connections update without holding a copy each.
     pub listener_metrics: Vec<ListenerMetrics>,
     pub upstreams: Upstreams,
+    /// For https listeners.
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl Generation {
+    /// The listener a socket bound for the configured address `addr` serves.
+    pub fn listener_at(&self, addr: SocketAddr) -> Option<ListenerId> {
+        self.config
+            .listeners
+            .iter()
+            .position(|l| l.bind.contains(&addr))
+    }
+}
+
+/// What every task of a running proxy shares.
+pub(crate) struct Shared {
+    /// The configuration generation new connections and new requests use.
+    current: RwLock<Arc<Generation>>,
+    /// `current`'s id, read without the lock by connections between requests.
+    generation: AtomicU64,
     /// The health thread (probes, passive ejection); stopped at shutdown.
     pub health: HealthChecker,
     pub limit: Arc<ConnectionLimit>,
     /// Closed (its sender dropped) when shutdown begins.
     pub shutdown: Receiver<()>,
-    /// Connection tasks, woken when shutdown begins.
+    /// Connection tasks, woken when shutdown begins (and when a reload installs a new
+    /// generation).
     pub shutdown_wakers: ShutdownWakers,
-    /// For https listeners.
-    pub tls: Option<TlsAcceptor>,
 }
 
-/// Runs the proxy until SIGTERM or SIGINT, then shuts down gracefully.
-pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
+impl Shared {
+    /// The current configuration generation.
+    pub fn current(&self) -> Arc<Generation> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The current generation's id (cheap: one atomic load).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Makes `generation` current and wakes every connection task to move to it.
+    pub fn install(&self, generation: Generation) {
+        let id = generation.id;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(generation);
+        self.generation.store(id, Ordering::Release);
+        self.shutdown_wakers.wake_all();
+    }
+}
+
+/// Runs the proxy until SIGTERM or SIGINT, then shuts down gracefully. SIGHUP reloads
+/// `path` (the file `config` was read from; without one, only the certificates).
+pub fn run(config: Arc<Config>, path: Option<PathBuf>) -> anyhow::Result<()> {
     let shutdown = signals::terminate().context("cannot install signal handlers")?;
-    serve(config, shutdown)
+    let mut server = Server::bind(config)?;
+    if let Some(path) = path {
+        server = server.reload_from(path);
+    }
+    server.run(shutdown)
 }
 
 /// Runs the proxy until `shutdown` resolves, then shuts down gracefully. Returns an error
@@ -77,6 +130,7 @@ pub struct Server {
     listeners: Vec<Bound>,
     metrics_socket: Option<(SocketAddr, Async<TcpListener>)>,
     hangups: Option<async_signal::Signals>,
+    config_path: Option<PathBuf>,
 }
 
 impl Server {
@@ -100,12 +154,7 @@ impl Server {
             let name = &config.listeners[plan.listener].name;
             let socket = net::bind(plan.addr, plan.v6_only)
                 .with_context(|| format!("cannot listen on {} (listener {name})", plan.addr))?;
-            let addr = socket.local_addr()?;
-            listeners.push(Bound {
-                listener: plan.listener,
-                socket: Async::new(socket)?,
-                addr,
-            });
+            listeners.push(Bound::new(plan.addr, socket)?);
         }
         if listeners.is_empty() {
             tracing::warn!("no listener configured: nothing to serve");
@@ -125,16 +174,22 @@ impl Server {
         let listener_metrics = (0..config.listeners.len())
             .map(|id| metrics.listener(id))
             .collect();
-        let shared = Arc::new(Shared {
+        let max_connections = config.runtime.max_connections;
+        let generation = Generation {
+            id: 0,
             metrics,
             listener_metrics,
             upstreams: Upstreams::new(&config, health.reporter()),
-            health,
-            limit: ConnectionLimit::new(config.runtime.max_connections),
-            shutdown,
-            shutdown_wakers: ShutdownWakers::default(),
             tls,
             config,
+        };
+        let shared = Arc::new(Shared {
+            current: RwLock::new(Arc::new(generation)),
+            generation: AtomicU64::new(0),
+            health,
+            limit: ConnectionLimit::new(max_connections),
+            shutdown,
+            shutdown_wakers: ShutdownWakers::default(),
         });
         Ok(Server {
             shared,
@@ -143,18 +198,27 @@ impl Server {
             listeners,
             metrics_socket,
             hangups,
+            config_path: None,
         })
+    }
+
+    /// Makes SIGHUP reload the configuration from `path` (read and validated as `mxgate
+    /// check` does; see [`reload`]). Without it, SIGHUP reloads the certificates only.
+    pub fn reload_from(mut self, path: PathBuf) -> Server {
+        self.config_path = Some(path);
+        self
     }
 
     /// Every bound client socket: listener name and address.
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        let current = self.shared.current();
         self.listeners
             .iter()
             .map(|b| {
-                (
-                    self.shared.config.listeners[b.listener].name.clone(),
-                    b.addr,
-                )
+                let name = current
+                    .listener_at(b.configured)
+                    .map(|l| current.config.listeners[l].name.clone());
+                (name.unwrap_or_default(), b.addr)
             })
             .collect()
     }
@@ -166,7 +230,7 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then drains (see [`serve`]).
     pub fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let config = &self.shared.config;
+        let config = self.shared.current().config.clone();
         let threads = config
             .runtime
             .threads
@@ -215,30 +279,23 @@ impl Server {
             listeners,
             metrics_socket,
             hangups,
+            config_path,
         } = self;
         let mut tasks = Vec::new();
+        let mut reloader =
+            reload::Reloader::new(shared.clone(), executor.clone(), certs, config_path);
         for bound in listeners {
-            let l = &shared.config.listeners[bound.listener];
-            tracing::info!(listener = %l.name, addr = %bound.addr, scheme = l.scheme.as_str(), "listening");
-            tasks.push(executor.spawn(listener::accept_loop(
-                shared.clone(),
-                executor.clone(),
-                bound,
-            )));
+            reloader.start_accepting(bound);
         }
         if let Some((addr, socket)) = metrics_socket {
             tracing::info!(%addr, "metrics at http://{addr}/metrics");
             tasks.push(executor.spawn(metrics::serve(shared.clone(), executor.clone(), socket)));
         }
-        tasks.push(executor.spawn(signals::reload_on_hangup(
-            hangups,
-            certs,
-            shared.shutdown.clone(),
-        )));
+        tasks.push(executor.spawn(reloader.run(hangups)));
         tasks.push(executor.spawn(sweep_idle_upstreams(shared.clone())));
 
         shutdown.await;
-        let drain = shared.config.timeouts.drain;
+        let drain = shared.current().config.timeouts.drain;
         drop(shutdown_tx);
         shared.shutdown_wakers.begin();
         for task in tasks {
@@ -278,7 +335,7 @@ impl Server {
                 break;
             }
         }
-        shared.upstreams.clear();
+        shared.current().upstreams.clear();
         shared.health.stop();
         Ok(())
     }
@@ -286,7 +343,7 @@ impl Server {
 
 /// Closes idle upstream connections that expired or were closed by the backend.
 async fn sweep_idle_upstreams(shared: Arc<Shared>) {
-    let interval = mxgate_std::support::pool::sweep_interval(&shared.config);
+    let interval = mxgate_std::support::pool::sweep_interval(&shared.current().config);
     loop {
         let stop = future::or(
             async {
@@ -302,7 +359,7 @@ async fn sweep_idle_upstreams(shared: Arc<Shared>) {
         if stop {
             return;
         }
-        let closed = shared.upstreams.sweep();
+        let closed = shared.current().upstreams.sweep();
         if closed > 0 {
             tracing::trace!(closed, "closed idle upstream connections");
         }

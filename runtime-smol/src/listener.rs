@@ -15,20 +15,35 @@ use smol::{future, Async, Executor, Timer};
 
 use crate::driver;
 use crate::stream::ClientStream;
-use crate::Shared;
+use crate::{Generation, Shared};
 
-/// A bound client socket and the listener it serves.
+/// A bound client socket. It serves the listener whose `bind` holds its configured
+/// address, in whichever configuration generation is current when a connection arrives.
 pub(crate) struct Bound {
-    pub listener: ListenerId,
+    /// The address as configured (`127.0.0.1:0`, `[::]:443`).
+    pub configured: SocketAddr,
     pub socket: Async<TcpListener>,
+    /// The address as bound.
     pub addr: SocketAddr,
 }
 
-/// Accepts until shutdown begins, then drops the socket (new connections are refused).
+impl Bound {
+    pub fn new(configured: SocketAddr, socket: TcpListener) -> std::io::Result<Bound> {
+        Ok(Bound {
+            configured,
+            addr: socket.local_addr()?,
+            socket: Async::new(socket)?,
+        })
+    }
+}
+
+/// Accepts until shutdown begins or `stop` closes (a reload removed the address), then
+/// drops the socket (new connections are refused; those accepted go on).
 pub(crate) async fn accept_loop(
     shared: Arc<Shared>,
     executor: Arc<Executor<'static>>,
     bound: Bound,
+    stop: smol::channel::Receiver<()>,
 ) {
     let shutdown = shared.shutdown.clone();
     loop {
@@ -44,7 +59,7 @@ pub(crate) async fn accept_loop(
                     released.await;
                     Some(())
                 },
-                stopped(&shutdown),
+                halted(&shutdown, &stop),
             )
             .await;
             if go_on.is_none() {
@@ -53,7 +68,7 @@ pub(crate) async fn accept_loop(
         }
         let accepted = future::or(
             async { Some(bound.socket.accept().await) },
-            stopped(&shutdown),
+            halted(&shutdown, &stop),
         )
         .await;
         match accepted {
@@ -69,7 +84,7 @@ pub(crate) async fn accept_loop(
                                     released.await;
                                     Some(())
                                 },
-                                stopped(&shutdown),
+                                halted(&shutdown, &stop),
                             )
                             .await;
                             if go_on.is_none() {
@@ -81,9 +96,15 @@ pub(crate) async fn accept_loop(
                 let Some(permit) = permit else {
                     return;
                 };
+                let generation = shared.current();
+                let Some(listener) = generation.listener_at(bound.configured) else {
+                    // A reload removed the address a moment ago: as if it had been closed.
+                    continue;
+                };
                 let accepted = Box::new(Accepted {
                     shared: shared.clone(),
-                    listener: bound.listener,
+                    generation,
+                    listener,
                     stream,
                     peer,
                     permit,
@@ -99,6 +120,14 @@ pub(crate) async fn accept_loop(
     }
 }
 
+/// Resolves (to `None`) once shutdown began or `stop` closed.
+async fn halted<T>(
+    shutdown: &smol::channel::Receiver<()>,
+    stop: &smol::channel::Receiver<()>,
+) -> Option<T> {
+    future::or(stopped(shutdown), stopped(stop)).await
+}
+
 /// Resolves (to `None`) once shutdown began.
 async fn stopped<T>(shutdown: &smol::channel::Receiver<()>) -> Option<T> {
     let _ = shutdown.recv().await;
@@ -108,6 +137,7 @@ async fn stopped<T>(shutdown: &smol::channel::Receiver<()>) -> Option<T> {
 /// A connection as accepted: what its task starts from.
 struct Accepted {
     shared: Arc<Shared>,
+    generation: Arc<Generation>,
     listener: ListenerId,
     stream: Async<TcpStream>,
     peer: SocketAddr,
@@ -132,32 +162,37 @@ async fn connection(accepted: Box<Accepted>) {
 async fn open(accepted: Box<Accepted>) -> Option<driver::Opened> {
     let Accepted {
         shared,
+        generation,
         listener,
         stream,
         peer,
         permit,
     } = *accepted;
-    let metrics = shared.metrics.listener(listener);
+    let metrics = generation.metrics.listener(listener);
     let open = metrics.open();
     if let Err(err) = net::tune(stream.get_ref()) {
         tracing::debug!(%peer, error = %err, "cannot set client socket options");
     }
     // PROXY protocol listeners: the client address from the header, before TLS.
-    let peer = crate::proxied::client_address(&shared, listener, &stream, peer).await?;
-    let scheme = shared.config.listeners.get(listener).map(|l| l.scheme);
-    let client = match (scheme, &shared.tls) {
-        (Some(Scheme::Https), Some(acceptor)) => match handshake(acceptor, stream, &shared).await {
-            Some(tls) => ClientStream::Tls(Box::new(tls)),
-            None => {
-                metrics.tls_failures.inc();
-                return None;
+    let peer =
+        crate::proxied::client_address(&shared, &generation, listener, &stream, peer).await?;
+    let scheme = generation.config.listeners.get(listener).map(|l| l.scheme);
+    let client = match (scheme, &generation.tls) {
+        (Some(Scheme::Https), Some(acceptor)) => {
+            match handshake(acceptor, stream, &shared, &generation).await {
+                Some(tls) => ClientStream::Tls(Box::new(tls)),
+                None => {
+                    metrics.tls_failures.inc();
+                    return None;
+                }
             }
-        },
+        }
         _ => ClientStream::Plain(stream),
     };
     tracing::trace!(%peer, listener, "connection open");
     Some(driver::Opened {
         shared,
+        generation,
         listener,
         peer: peer.ip(),
         client,
@@ -173,9 +208,10 @@ async fn handshake(
     acceptor: &TlsAcceptor,
     stream: Async<TcpStream>,
     shared: &Shared,
+    generation: &Generation,
 ) -> Option<futures_rustls::server::TlsStream<Async<TcpStream>>> {
     let peer = stream.get_ref().peer_addr().ok();
-    let limit = shared.config.timeouts.tls_handshake;
+    let limit = generation.config.timeouts.tls_handshake;
     let result = future::or(
         async { Some(acceptor.accept(stream).await) },
         future::or(

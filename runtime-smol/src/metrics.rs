@@ -49,7 +49,7 @@ async fn scrape(shared: Arc<Shared>, mut stream: Async<TcpStream>) {
                 }
                 head.extend_from_slice(&chunk[..n]);
             }
-            let response = shared.metrics.respond(&head);
+            let response = shared.current().metrics.respond(&head);
             stream.write_all(&response).await?;
             stream.close().await
         },

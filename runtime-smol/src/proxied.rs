@@ -12,21 +12,22 @@ use mxgate_std::support::proxy_header::{self, Admission, HeaderReader, ProxyHead
 use smol::io::AsyncReadExt;
 use smol::{future, Async, Timer};
 
-use crate::Shared;
+use crate::{Generation, Shared};
 
 /// The client address for a connection accepted from `peer` on `listener`: `peer` itself,
 /// or the source from its PROXY header. `None`: close the connection (untrusted peer,
 /// malformed or late header, or shutdown began).
 pub(crate) async fn client_address(
     shared: &Shared,
+    generation: &Generation,
     listener: ListenerId,
     stream: &Async<TcpStream>,
     peer: SocketAddr,
 ) -> Option<SocketAddr> {
-    let result = match proxy_header::admit(&shared.config, listener, peer) {
+    let result = match proxy_header::admit(&generation.config, listener, peer) {
         Ok(Admission::Direct) => return Some(peer),
         Ok(Admission::ReadHeader) => {
-            let deadline = Instant::now() + shared.config.timeouts.client_header;
+            let deadline = Instant::now() + generation.config.timeouts.client_header;
             future::or(
                 read_header(stream, peer),
                 future::or(

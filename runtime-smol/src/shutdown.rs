@@ -49,6 +49,14 @@ impl ShutdownWakers {
         }
     }
 
+    /// Wakes every registered task without beginning shutdown (a reload installed a new
+    /// configuration generation); registrations stay.
+    pub fn wake_all(&self) {
+        for (_, waker) in self.lock().iter() {
+            waker.wake_by_ref();
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Slab<Waker>> {
         // A panic while holding this lock leaves the slab consistent.
         self.wakers
@@ -83,11 +91,14 @@ mod tests {
             .map(|c| wakers.register(&Waker::from(c.clone())).unwrap())
             .collect();
         wakers.deregister(keys[1]);
+        wakers.wake_all();
+        let woken: Vec<_> = counts.iter().map(|c| c.0.load(Ordering::SeqCst)).collect();
+        assert_eq!(woken, [1, 0, 1], "a reload wakes registered tasks");
         assert!(!wakers.begun());
         wakers.begin();
         assert!(wakers.begun());
         let woken: Vec<_> = counts.iter().map(|c| c.0.load(Ordering::SeqCst)).collect();
-        assert_eq!(woken, [1, 0, 1]);
+        assert_eq!(woken, [2, 0, 2]);
         assert!(wakers.register(&Waker::from(counts[0].clone())).is_none());
         // Deregistering after `begin` is harmless.
         wakers.deregister(keys[0]);

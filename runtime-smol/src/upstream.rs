@@ -5,10 +5,12 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mxgate_core::{Config, PoolId};
+use mxgate_core::{Config, PoolId, UpstreamPool};
 use mxgate_std::support::backend::{self, BackendAddrs};
 use mxgate_std::support::dial::{DialPlan, DialStep};
 use mxgate_std::support::health::HealthReporter;
@@ -37,11 +39,15 @@ type IdleConn = Box<UpstreamConn>;
 struct PoolState {
     idle: IdlePool<IdleConn>,
     addrs: Vec<BackendAddrs>,
+    /// A reload dropped or changed the pool: connections released into it are closed.
+    retired: AtomicBool,
 }
 
-/// Every pool's idle connections and backend addresses.
+/// Every pool's idle connections and backend addresses, for one configuration generation.
+/// A reload's generation shares the state of the pools it keeps unchanged
+/// ([`Upstreams::reconfigured`]), so their idle connections serve both.
 pub(crate) struct Upstreams {
-    pools: Vec<PoolState>,
+    pools: Vec<Arc<PoolState>>,
     /// `timeouts.upstream_connect`, shared out among the addresses of a backend.
     connect_timeout: Duration,
     /// Connect outcomes per backend, for passive ejection.
@@ -54,11 +60,40 @@ impl Upstreams {
             pools: config
                 .pools
                 .iter()
-                .map(|p| PoolState {
-                    idle: IdlePool::new(p),
-                    addrs: p.backends.iter().map(BackendAddrs::new).collect(),
-                })
+                .map(|p| Arc::new(PoolState::new(p)))
                 .collect(),
+            connect_timeout: config.timeouts.upstream_connect,
+            health,
+        }
+    }
+
+    /// The pools of a reloaded `config`: `kept[p]` names the pool of this generation that
+    /// pool `p` continues (sharing its idle connections and resolved addresses); the other
+    /// pools of this generation are retired (their idle connections closed now, and those
+    /// released into them later too).
+    pub fn reconfigured(
+        &self,
+        config: &Config,
+        kept: &[Option<PoolId>],
+        health: HealthReporter,
+    ) -> Upstreams {
+        let pools: Vec<Arc<PoolState>> = config
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(id, p)| match kept.get(id).copied().flatten() {
+                Some(old) if old < self.pools.len() => self.pools[old].clone(),
+                _ => Arc::new(PoolState::new(p)),
+            })
+            .collect();
+        for old in &self.pools {
+            if !pools.iter().any(|p| Arc::ptr_eq(p, old)) {
+                old.retired.store(true, Ordering::Release);
+                drop(old.idle.clear());
+            }
+        }
+        Upstreams {
+            pools,
             connect_timeout: config.timeouts.upstream_connect,
             health,
         }
@@ -73,9 +108,13 @@ impl Upstreams {
         }
         let state = self.pools.get(pool)?;
         let first = state.idle.backend_order_from(backend).next()?;
-        state
-            .idle
-            .take_recent_unchecked(first, Instant::now(), PROBE_AFTER, still_open)
+        let mut conn =
+            state
+                .idle
+                .take_recent_unchecked(first, Instant::now(), PROBE_AFTER, still_open)?;
+        // Parked by a connection on an earlier configuration, the pool's id may differ.
+        conn.pool = pool;
+        Some(conn)
     }
 
     /// A new connection to `backend` of `pool` (the engine's choice; the others are tried
@@ -136,6 +175,9 @@ impl Upstreams {
     /// Parks a connection the engine called reusable.
     pub fn release(&self, conn: IdleConn) {
         if let Some(state) = self.pools.get(conn.pool) {
+            if state.retired.load(Ordering::Acquire) {
+                return;
+            }
             // An evicted (oldest) connection is closed by dropping it here, outside the lock.
             let backend = conn.backend;
             drop(state.idle.put(backend, conn, Instant::now()));
@@ -155,6 +197,16 @@ impl Upstreams {
     pub fn clear(&self) {
         for p in &self.pools {
             drop(p.idle.clear());
+        }
+    }
+}
+
+impl PoolState {
+    fn new(pool: &UpstreamPool) -> PoolState {
+        PoolState {
+            idle: IdlePool::new(pool),
+            addrs: pool.backends.iter().map(BackendAddrs::new).collect(),
+            retired: AtomicBool::new(false),
         }
     }
 }

@@ -3,6 +3,7 @@
 mod connection;
 mod harness;
 mod properties;
+mod reconfigure;
 mod table;
 mod workers;
 

@@ -60,11 +60,12 @@ pub enum Command {
     },
 }
 
-/// Parses the command line and does what it says; `serve` runs the proxy until shutdown.
+/// Parses the command line and does what it says; `serve` runs the proxy until shutdown,
+/// given the configuration and the file it came from (reloaded on SIGHUP).
 ///
 /// Exit codes: 0 on success (and after a graceful shutdown), 1 when the configuration is
 /// invalid or the proxy failed to start or run, 2 for command-line usage errors (clap).
-pub fn main(serve: impl FnOnce(Arc<Config>) -> anyhow::Result<()>) -> ExitCode {
+pub fn main(serve: impl FnOnce(Arc<Config>, Option<PathBuf>) -> anyhow::Result<()>) -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check { config, quiet }) => match config::load(config.as_deref()) {
@@ -127,7 +128,10 @@ fn reload(path: &Path, pid: Option<u32>, pid_file: Option<&Path>) -> anyhow::Res
     Ok(pid)
 }
 
-fn run(path: Option<PathBuf>, serve: impl FnOnce(Arc<Config>) -> anyhow::Result<()>) -> ExitCode {
+fn run(
+    path: Option<PathBuf>,
+    serve: impl FnOnce(Arc<Config>, Option<PathBuf>) -> anyhow::Result<()>,
+) -> ExitCode {
     logging::init();
     let cfg = match config::load(path.as_deref()) {
         Ok(cfg) => cfg,
@@ -139,7 +143,7 @@ fn run(path: Option<PathBuf>, serve: impl FnOnce(Arc<Config>) -> anyhow::Result<
     if path.is_none() {
         tracing::warn!("no --config given: running the embedded development configuration");
     }
-    match serve(Arc::new(cfg)) {
+    match serve(Arc::new(cfg), path) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");

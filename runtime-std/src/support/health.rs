@@ -18,7 +18,7 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -39,17 +39,23 @@ const MAX_STATUS_LINE: usize = 1024;
 /// The longest the thread sleeps without a deadline (it also wakes on every report).
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
+/// A pool as the health thread knows it: by a number that stays the same across
+/// configuration reloads for as long as the pool is unchanged (pool ids may not).
+type PoolUid = u64;
+
 enum Message {
     Connect {
-        pool: PoolId,
+        pool: PoolUid,
         backend: usize,
         ok: bool,
     },
     Probe {
-        pool: PoolId,
+        pool: PoolUid,
         backend: usize,
         result: Result<(), ProbeFailure>,
     },
+    /// A reloaded configuration: the pools to watch from now on.
+    Reconfigure(Vec<Watched>),
     Stop,
 }
 
@@ -64,17 +70,20 @@ pub struct HealthReporter {
 
 #[derive(Debug)]
 struct ReporterPool {
+    uid: PoolUid,
     flags: Arc<HealthFlags>,
     /// Per backend: a failure was reported since the last success.
     failed: Box<[AtomicBool]>,
 }
 
 impl HealthReporter {
-    fn new(config: &Config, tx: Option<Sender<Message>>) -> HealthReporter {
+    fn new(config: &Config, uids: &[PoolUid], tx: Option<Sender<Message>>) -> HealthReporter {
         let pools = config
             .pools
             .iter()
-            .map(|p| ReporterPool {
+            .zip(uids)
+            .map(|(p, &uid)| ReporterPool {
+                uid,
                 flags: p.balancer.health_flags(),
                 failed: (0..p.backends.len())
                     .map(|_| AtomicBool::new(false))
@@ -86,7 +95,8 @@ impl HealthReporter {
 
     /// A reporter that reports nowhere (tests, embedders without health checks).
     pub fn disabled(config: &Config) -> HealthReporter {
-        HealthReporter::new(config, None)
+        let uids: Vec<PoolUid> = (0..config.pools.len() as PoolUid).collect();
+        HealthReporter::new(config, &uids, None)
     }
 
     /// A new connection to `backend` of `pool` was established.
@@ -100,7 +110,7 @@ impl HealthReporter {
             .is_some_and(|f| f.swap(false, Ordering::Relaxed));
         if had_failed || p.flags.state(backend) != Availability::Up {
             self.send(Message::Connect {
-                pool,
+                pool: p.uid,
                 backend,
                 ok: true,
             });
@@ -110,11 +120,14 @@ impl HealthReporter {
     /// Connecting to `backend` of `pool` failed (every address of it: refused, unreachable,
     /// timed out, or its name did not resolve).
     pub fn connect_failed(&self, pool: PoolId, backend: usize) {
-        if let Some(f) = self.pools.get(pool).and_then(|p| p.failed.get(backend)) {
+        let Some(p) = self.pools.get(pool) else {
+            return;
+        };
+        if let Some(f) = p.failed.get(backend) {
             f.store(true, Ordering::Relaxed);
         }
         self.send(Message::Connect {
-            pool,
+            pool: p.uid,
             backend,
             ok: false,
         });
@@ -132,6 +145,8 @@ impl HealthReporter {
 pub struct HealthChecker {
     reporter: HealthReporter,
     stop: Arc<AtomicBool>,
+    /// The current configuration's pools' uids, and the next fresh uid.
+    uids: Mutex<(Vec<PoolUid>, PoolUid)>,
 }
 
 impl HealthChecker {
@@ -141,29 +156,16 @@ impl HealthChecker {
     pub fn spawn(config: &Arc<Config>, metrics: &Metrics) -> io::Result<HealthChecker> {
         let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let now = Instant::now();
-        let pools: Vec<Watched> = config
-            .pools
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| !p.backends.is_empty())
-            .map(|(id, p)| Watched {
-                id,
-                name: p.name.clone(),
-                backends: p.backends.clone(),
-                gauges: (0..p.backends.len())
-                    .map(|b| metrics.backend_up(id, b))
-                    .collect(),
-                health: PoolHealth::with_flags(p.balancer.health_flags(), p.health.clone(), now),
-            })
-            .collect();
+        let uids: Vec<PoolUid> = (0..config.pools.len() as PoolUid).collect();
+        let pools = Watched::every(config, metrics, &uids, |_| None);
         let probe_timeout = PROBE_TIMEOUT.min(
             config
                 .timeouts
                 .upstream_connect
                 .max(Duration::from_millis(500)),
         );
-        let reporter = HealthReporter::new(config, Some(tx.clone()));
+        let reporter = HealthReporter::new(config, &uids, Some(tx.clone()));
+        let next_uid = uids.len() as PoolUid;
         let thread = HealthThread {
             pools,
             rx,
@@ -174,7 +176,47 @@ impl HealthChecker {
         thread::Builder::new()
             .name("mxgate-health".into())
             .spawn(move || thread.run())?;
-        Ok(HealthChecker { reporter, stop })
+        Ok(HealthChecker {
+            reporter,
+            stop,
+            uids: Mutex::new((uids, next_uid)),
+        })
+    }
+
+    /// Watches a reloaded `config` from now on and returns its reporter. `kept[p]` is the
+    /// pool of the previous configuration that pool `p` continues unchanged (same backends,
+    /// same health settings): it keeps its health state (up, down, ejected, counts, probes
+    /// in flight); the others start as new pools do. Reports from connections still on the
+    /// previous configuration count for the pools it shares with this one.
+    pub fn reconfigure(
+        &self,
+        config: &Arc<Config>,
+        metrics: &Metrics,
+        kept: &[Option<PoolId>],
+    ) -> HealthReporter {
+        let mut guard = self.uids.lock().unwrap_or_else(PoisonError::into_inner);
+        let (old, next) = &mut *guard;
+        let uids: Vec<PoolUid> = (0..config.pools.len())
+            .map(
+                |p| match kept.get(p).copied().flatten().and_then(|o| old.get(o)) {
+                    Some(&uid) => uid,
+                    None => {
+                        *next += 1;
+                        *next - 1
+                    }
+                },
+            )
+            .collect();
+        let kept_uids: Vec<PoolUid> = (0..config.pools.len())
+            .filter(|&p| kept.get(p).copied().flatten().is_some())
+            .map(|p| uids[p])
+            .collect();
+        let pools = Watched::every(config, metrics, &uids, |uid| {
+            kept_uids.contains(&uid).then_some(())
+        });
+        *old = uids.clone();
+        self.reporter.send(Message::Reconfigure(pools));
+        HealthReporter::new(config, &uids, self.reporter.tx.clone())
     }
 
     /// A handle for the runtime's upstream connector.
@@ -198,16 +240,45 @@ impl Drop for HealthChecker {
 
 /// One pool's health, owned by the health thread.
 struct Watched {
-    id: PoolId,
+    uid: PoolUid,
     name: String,
     backends: Vec<Backend>,
     gauges: Vec<Gauge>,
     health: PoolHealth,
+    /// Sent with a reload: take the health state of the watched pool with this uid.
+    carried: bool,
 }
 
 impl Watched {
-    fn position(pools: &[Watched], id: PoolId) -> Option<usize> {
-        pools.iter().position(|w| w.id == id)
+    /// Every pool of `config` with backends, fresh; `carried(uid)` is `Some` for a pool whose
+    /// state the health thread carries over from the pool of the same uid.
+    fn every(
+        config: &Config,
+        metrics: &Metrics,
+        uids: &[PoolUid],
+        carried: impl Fn(PoolUid) -> Option<()>,
+    ) -> Vec<Watched> {
+        let now = Instant::now();
+        config
+            .pools
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.backends.is_empty())
+            .map(|(id, p)| Watched {
+                uid: uids[id],
+                name: p.name.clone(),
+                backends: p.backends.clone(),
+                gauges: (0..p.backends.len())
+                    .map(|b| metrics.backend_up(id, b))
+                    .collect(),
+                health: PoolHealth::with_flags(p.balancer.health_flags(), p.health.clone(), now),
+                carried: carried(uids[id]).is_some(),
+            })
+            .collect()
+    }
+
+    fn position(pools: &[Watched], uid: PoolUid) -> Option<usize> {
+        pools.iter().position(|w| w.uid == uid)
     }
 
     /// Logs and publishes every queued transition.
@@ -267,7 +338,7 @@ impl HealthThread {
             for w in &mut self.pools {
                 w.health.handle_timeout(now);
                 while let Some(backend) = w.health.poll_probe(now) {
-                    prober.start(w.id, backend, w.backends[backend].clone());
+                    prober.start(w.uid, backend, w.backends[backend].clone());
                 }
                 w.drain_events();
             }
@@ -288,6 +359,18 @@ impl HealthThread {
             let now = Instant::now();
             match message {
                 Message::Stop => return,
+                Message::Reconfigure(mut pools) => {
+                    for w in &mut pools {
+                        if !w.carried {
+                            continue;
+                        }
+                        if let Some(i) = Watched::position(&self.pools, w.uid) {
+                            // Same backends and settings: the state machine goes on as is.
+                            std::mem::swap(&mut w.health, &mut self.pools[i].health);
+                        }
+                    }
+                    self.pools = pools;
+                }
                 Message::Connect { pool, backend, ok } => {
                     if let Some(i) = Watched::position(&self.pools, pool) {
                         let w = &mut self.pools[i];
@@ -330,7 +413,7 @@ struct Prober<'a> {
 
 impl Prober<'_> {
     /// Probes on a short-lived thread; exactly one result comes back.
-    fn start(&self, pool: PoolId, backend: usize, target: Backend) {
+    fn start(&self, pool: PoolUid, backend: usize, target: Backend) {
         let (tx, timeout, stop) = (self.tx.clone(), self.timeout, self.stop.clone());
         let spawned = thread::Builder::new()
             .name("mxgate-probe".into())

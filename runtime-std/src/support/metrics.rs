@@ -2,7 +2,7 @@
 //! latency, open connections and client bytes, and the tiny `GET /metrics` responder the
 //! runtimes serve on `runtime.metrics_bind` (a separate listener, never proxied traffic).
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use mxgate_core::{AccessRecord, Config};
@@ -79,14 +79,92 @@ impl Drop for OpenConnection {
     }
 }
 
-/// All metrics of one running proxy.
-#[derive(Debug)]
-pub struct Metrics {
-    registry: Registry,
-    listener_names: Vec<String>,
-    pool_names: Vec<String>,
+/// The metric families every configuration generation of a running proxy counts into.
+#[derive(Clone, Debug)]
+struct Families {
     requests: Family<RequestLabels, Counter>,
     upstream_latency: HistogramFamily,
+    accepted: Family<ListenerLabels, Counter>,
+    active: Family<ListenerLabels, Gauge>,
+    bytes_in: Family<ListenerLabels, Counter>,
+    bytes_out: Family<ListenerLabels, Counter>,
+    tls_failures: Family<ListenerLabels, Counter>,
+    connect_failures: Family<PoolLabels, Counter>,
+    backend_up: Family<BackendLabels, Gauge>,
+}
+
+impl Families {
+    fn register(registry: &mut Registry) -> Families {
+        let families = Families {
+            requests: Family::default(),
+            upstream_latency: Family::new_with_constructor(latency_histogram),
+            accepted: Family::default(),
+            active: Family::default(),
+            bytes_in: Family::default(),
+            bytes_out: Family::default(),
+            tls_failures: Family::default(),
+            connect_failures: Family::default(),
+            backend_up: Family::default(),
+        };
+        let f = families.clone();
+        registry.register(
+            "mxgate_requests",
+            "Finished requests by listener, upstream pool (- when answered locally) and status class",
+            f.requests,
+        );
+        registry.register(
+            "mxgate_upstream_response_seconds",
+            "Time from sending a request upstream to the upstream's response head",
+            f.upstream_latency,
+        );
+        registry.register(
+            "mxgate_connections",
+            "Accepted client connections",
+            f.accepted,
+        );
+        registry.register(
+            "mxgate_active_connections",
+            "Open client connections",
+            f.active,
+        );
+        registry.register(
+            "mxgate_client_received_bytes",
+            "Bytes received from clients (after TLS)",
+            f.bytes_in,
+        );
+        registry.register(
+            "mxgate_client_sent_bytes",
+            "Bytes sent to clients (before TLS)",
+            f.bytes_out,
+        );
+        registry.register(
+            "mxgate_tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            f.tls_failures,
+        );
+        registry.register(
+            "mxgate_upstream_connect_failures",
+            "Attempts to connect to a backend that failed",
+            f.connect_failures,
+        );
+        registry.register(
+            "mxgate_backend_up",
+            "Whether a backend may get traffic (1) or is down or ejected (0), from health checks and connect failures",
+            f.backend_up,
+        );
+        families
+    }
+}
+
+/// All metrics of one running proxy, with handles indexed by one configuration's listener
+/// and pool ids. A reloaded configuration gets its own handles into the same series
+/// ([`Metrics::reconfigured`]): counters go on across reloads.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    families: Families,
+    listener_names: Vec<String>,
+    pool_names: Vec<String>,
     /// Handles into `requests`, per listener × (no pool, pools…) × status class, each made
     /// on first use (so only series that occurred are exported): counting a request then
     /// takes no lock, no label hashing and no allocation.
@@ -102,73 +180,39 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(config: &Config) -> Metrics {
         let mut registry = Registry::default();
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "mxgate_requests",
-            "Finished requests by listener, upstream pool (- when answered locally) and status class",
-            requests.clone(),
-        );
-        let upstream_latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
-        registry.register(
-            "mxgate_upstream_response_seconds",
-            "Time from sending a request upstream to the upstream's response head",
-            upstream_latency.clone(),
-        );
-        let accepted = Family::<ListenerLabels, Counter>::default();
-        registry.register(
-            "mxgate_connections",
-            "Accepted client connections",
-            accepted.clone(),
-        );
-        let active = Family::<ListenerLabels, Gauge>::default();
-        registry.register(
-            "mxgate_active_connections",
-            "Open client connections",
-            active.clone(),
-        );
-        let bytes_in = Family::<ListenerLabels, Counter>::default();
-        registry.register(
-            "mxgate_client_received_bytes",
-            "Bytes received from clients (after TLS)",
-            bytes_in.clone(),
-        );
-        let bytes_out = Family::<ListenerLabels, Counter>::default();
-        registry.register(
-            "mxgate_client_sent_bytes",
-            "Bytes sent to clients (before TLS)",
-            bytes_out.clone(),
-        );
-        let tls_failures = Family::<ListenerLabels, Counter>::default();
-        registry.register(
-            "mxgate_tls_handshake_failures",
-            "TLS handshakes that failed or timed out",
-            tls_failures.clone(),
-        );
-        let connect_failures = Family::<PoolLabels, Counter>::default();
-        registry.register(
-            "mxgate_upstream_connect_failures",
-            "Attempts to connect to a backend that failed",
-            connect_failures.clone(),
-        );
+        let families = Families::register(&mut registry);
+        let every_pool_new = vec![None; config.pools.len()];
+        Metrics::with(Arc::new(registry), families, config, &every_pool_new)
+    }
 
-        let backend_up_family = Family::<BackendLabels, Gauge>::default();
-        registry.register(
-            "mxgate_backend_up",
-            "Whether a backend may get traffic (1) or is down or ejected (0), from health checks and connect failures",
-            backend_up_family.clone(),
-        );
+    /// Handles for a reloaded `config` into the same series. `kept[p]` is the pool of the
+    /// previous configuration that pool `p` continues (its `mxgate_backend_up` gauges keep
+    /// their value; those of new pools start at 1).
+    pub fn reconfigured(&self, config: &Config, kept: &[Option<usize>]) -> Metrics {
+        Metrics::with(self.registry.clone(), self.families.clone(), config, kept)
+    }
+
+    fn with(
+        registry: Arc<Registry>,
+        families: Families,
+        config: &Config,
+        kept: &[Option<usize>],
+    ) -> Metrics {
         let backend_up = config
             .pools
             .iter()
-            .map(|p| {
+            .enumerate()
+            .map(|(id, p)| {
                 p.backends
                     .iter()
                     .map(|b| {
-                        let gauge = backend_up_family.get_or_create_owned(&BackendLabels {
+                        let gauge = families.backend_up.get_or_create_owned(&BackendLabels {
                             pool: p.name.clone(),
                             backend: b.authority(),
                         });
-                        gauge.set(1);
+                        if kept.get(id).copied().flatten().is_none() {
+                            gauge.set(1);
+                        }
                         gauge
                     })
                     .collect()
@@ -184,17 +228,21 @@ impl Metrics {
                     listener: name.clone(),
                 };
                 ListenerMetrics {
-                    accepted: accepted.get_or_create_owned(&labels),
-                    active: active.get_or_create_owned(&labels),
-                    bytes_in: bytes_in.get_or_create_owned(&labels),
-                    bytes_out: bytes_out.get_or_create_owned(&labels),
-                    tls_failures: tls_failures.get_or_create_owned(&labels),
+                    accepted: families.accepted.get_or_create_owned(&labels),
+                    active: families.active.get_or_create_owned(&labels),
+                    bytes_in: families.bytes_in.get_or_create_owned(&labels),
+                    bytes_out: families.bytes_out.get_or_create_owned(&labels),
+                    tls_failures: families.tls_failures.get_or_create_owned(&labels),
                 }
             })
             .collect();
         let connect_failures = pool_names
             .iter()
-            .map(|name| connect_failures.get_or_create_owned(&PoolLabels { pool: name.clone() }))
+            .map(|name| {
+                families
+                    .connect_failures
+                    .get_or_create_owned(&PoolLabels { pool: name.clone() })
+            })
             .collect();
         let slots = listener_names.len() * (pool_names.len() + 1) * STATUS_CLASSES.len();
         Metrics {
@@ -203,8 +251,7 @@ impl Metrics {
             latency_histograms: pool_names.iter().map(|_| OnceLock::new()).collect(),
             listener_names,
             pool_names,
-            requests,
-            upstream_latency,
+            families,
             listeners,
             connect_failures,
             backend_up,
@@ -260,9 +307,11 @@ impl Metrics {
         if let (Some(pool), Some(d)) = (pool, upstream_duration) {
             if let Some(cell) = self.latency_histograms.get(pool) {
                 cell.get_or_init(|| {
-                    self.upstream_latency.get_or_create_owned(&PoolLabels {
-                        pool: self.pool_names[pool].clone(),
-                    })
+                    self.families
+                        .upstream_latency
+                        .get_or_create_owned(&PoolLabels {
+                            pool: self.pool_names[pool].clone(),
+                        })
                 })
                 .observe(d.as_secs_f64());
             }
@@ -277,7 +326,7 @@ impl Metrics {
                 .cloned()
                 .unwrap_or_else(|| "-".into())
         };
-        self.requests.get_or_create_owned(&RequestLabels {
+        self.families.requests.get_or_create_owned(&RequestLabels {
             listener: name(&self.listener_names, Some(listener)),
             pool: name(&self.pool_names, pool),
             status_class: STATUS_CLASSES[class],

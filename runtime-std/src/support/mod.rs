@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod net;
 pub mod pool;
 pub mod proxy_header;
+pub mod reload;
 pub mod report;
 pub mod tls;
 

@@ -56,7 +56,8 @@ struct CertSet {
 /// [`ResolvesServerCert`]: SNI picks a configured certificate, anything else gets the default.
 #[derive(Debug)]
 pub struct Certificates {
-    settings: TlsSettings,
+    /// The files, replaced by a configuration reload ([`Certificates::reload_with`]).
+    settings: RwLock<TlsSettings>,
     provider: Arc<CryptoProvider>,
     /// The generated development certificate, when no default is configured (kept across reloads).
     dev: Option<Arc<CertifiedKey>>,
@@ -83,7 +84,7 @@ impl Certificates {
         };
         let set = load_set(&config.tls, dev.as_ref(), &provider)?;
         Ok(Arc::new(Certificates {
-            settings: config.tls.clone(),
+            settings: RwLock::new(config.tls.clone()),
             provider,
             dev,
             current: RwLock::new(Arc::new(set)),
@@ -93,7 +94,19 @@ impl Certificates {
     /// Re-reads the certificate files. On any error the certificates in use stay as they are
     /// and the error says why.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let set = load_set(&self.settings, self.dev.as_ref(), &self.provider)?;
+        let settings = self
+            .settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.reload_with(&settings)
+    }
+
+    /// Loads the certificates a reloaded configuration names (`[tls]`, `[[tls.sni]]`) and
+    /// serves them from now on; on any error nothing changes.
+    pub fn reload_with(&self, settings: &TlsSettings) -> Result<(), TlsError> {
+        let set = load_set(settings, self.dev.as_ref(), &self.provider)?;
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = settings.clone();
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
         Ok(())
     }
@@ -254,7 +267,7 @@ mod tests {
         let provider = provider();
         let set = load_set(&settings, None, &provider).unwrap();
         Arc::new(Certificates {
-            settings,
+            settings: RwLock::new(settings),
             provider,
             dev: None,
             current: RwLock::new(Arc::new(set)),
@@ -384,7 +397,7 @@ mod tests {
         let settings = TlsSettings::default();
         let set = load_set(&settings, Some(&dev), &provider).unwrap();
         let certs = Arc::new(Certificates {
-            settings,
+            settings: RwLock::new(settings),
             provider: provider.clone(),
             dev: Some(dev),
             current: RwLock::new(Arc::new(set)),

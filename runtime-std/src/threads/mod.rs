@@ -73,7 +73,7 @@ pub enum Control {
 
 /// Runs the proxy until SIGTERM or SIGINT, then shuts down gracefully; SIGHUP reloads the
 /// certificates.
-pub fn run(config: Arc<Config>) -> anyhow::Result<()> {
+pub fn run(config: Arc<Config>, _path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     // Before anything is bound: from now on these signals are handled, never fatal.
     let signals = Signals::new([SIGTERM, SIGINT, SIGHUP]);
     let mut signals = signals.context("cannot install signal handlers")?;

@@ -1,0 +1,115 @@
+//! What a configuration reload keeps, the same in both runtimes: the new file is read and
+//! validated exactly as `mxgate check` does ([`super::config::load`]); pools that did not
+//! change keep their balancer (health flags, in-flight counts) and, in the runtimes, their
+//! idle connections; listeners are matched by name and address.
+
+use std::path::Path;
+
+use mxgate_core::{Config, PoolId, UpstreamPool};
+
+use super::config;
+
+/// How a reloaded configuration relates to the one it replaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Carried {
+    /// Per pool of the new configuration: the pool of the old one it continues unchanged.
+    pub pools: Vec<Option<PoolId>>,
+    /// The effective configurations are identical: nothing is to be moved.
+    pub unchanged: bool,
+}
+
+/// Reads and validates `path` for a reload (exactly `mxgate check`'s loading).
+pub fn load(path: &Path) -> anyhow::Result<Config> {
+    config::load(Some(path))
+}
+
+/// Whether `new` is `old` unchanged: same name, backends, policy, limits and health
+/// settings. Such a pool keeps its balancer, health state and idle connections.
+pub fn same_pool(old: &UpstreamPool, new: &UpstreamPool) -> bool {
+    old.name == new.name
+        && old.backends == new.backends
+        && old.max_idle_per_backend == new.max_idle_per_backend
+        && old.idle_timeout == new.idle_timeout
+        && old.role == new.role
+        && old.response_timeout == new.response_timeout
+        && old.health == new.health
+        && old.balancer.policy() == new.balancer.policy()
+}
+
+/// Prepares `new` to replace `old`: every unchanged pool takes over the old pool's
+/// balancer (so its health flags and in-flight counts go on), and says which.
+pub fn carry_over(old: &Config, new: &mut Config) -> Carried {
+    let unchanged =
+        mxgate_core::config::render_effective(old) == mxgate_core::config::render_effective(new);
+    let pools = new
+        .pools
+        .iter_mut()
+        .map(|pool| {
+            let (id, old_pool) = old
+                .pools
+                .iter()
+                .enumerate()
+                .find(|(_, o)| same_pool(o, pool))?;
+            pool.balancer = old_pool.balancer.clone();
+            Some(id)
+        })
+        .collect();
+    Carried { pools, unchanged }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use mxgate_core::config::parse_config;
+
+    fn parse(text: &str) -> Config {
+        parse_config(text, Path::new("t.toml")).unwrap()
+    }
+
+    const BASE: &str = r#"
+server_name = "example.com"
+homeserver = "http://127.0.0.1:8008"
+[[listeners]]
+name = "plain"
+role = "client"
+bind = ["127.0.0.1:1"]
+[workers.media_repository]
+backends = ["http://127.0.0.1:8088"]
+"#;
+
+    #[test]
+    fn unchanged_pools_keep_their_balancer_and_changed_ones_do_not() {
+        let old = parse(BASE);
+        let mut same = parse(BASE);
+        let carried = carry_over(&old, &mut same);
+        assert!(carried.unchanged);
+        assert_eq!(carried.pools, vec![Some(0), Some(1)]);
+        for (o, n) in old.pools.iter().zip(&same.pools) {
+            assert!(Arc::ptr_eq(&o.balancer, &n.balancer));
+        }
+
+        // A worker pool added before the others, a backend moved, a limit changed.
+        let text = BASE
+            .replace("8088", "8089")
+            .replace(
+                "[workers.media_repository]",
+                "[workers.synchrotron]\nbackends = [\"http://127.0.0.1:8083\"]\n[workers.media_repository]",
+            )
+            + "[limits]\nmax_body = \"1MiB\"\n";
+        let mut changed = parse(&text);
+        let carried = carry_over(&old, &mut changed);
+        assert!(!carried.unchanged);
+        let names: Vec<&str> = changed.pools.iter().map(|p| p.name.as_str()).collect();
+        let homeserver = names.iter().position(|n| *n == "homeserver").unwrap();
+        for (id, pool) in changed.pools.iter().enumerate() {
+            let expected = (id == homeserver).then_some(0);
+            assert_eq!(carried.pools[id], expected, "{}", pool.name);
+            assert_eq!(
+                Arc::ptr_eq(&pool.balancer, &old.pools[0].balancer),
+                id == homeserver
+            );
+        }
+    }
+}
