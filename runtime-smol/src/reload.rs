@@ -161,7 +161,7 @@ impl Reloader {
         let current = self.shared.current();
         let Carried { pools, unchanged } = reload::carry_over(&current.config, &mut config);
         let config = Arc::new(config);
-        warn_about_restart_only_settings(&current.config, &config);
+        reload::warn_about_restart_only_settings(&current.config, &config);
 
         // Certificates, in the same step: a failure leaves everything as it was.
         let needs_tls = config.listeners.iter().any(|l| l.scheme == Scheme::Https);
@@ -195,11 +195,10 @@ impl Reloader {
         };
 
         // Sockets for added addresses, bound before anything changes.
+        let bound: Vec<SocketAddr> = self.accepting.keys().copied().collect();
+        let (to_bind, removed) = reload::socket_changes(&config, &bound);
         let mut opened = Vec::new();
-        for plan in net::plan(&config) {
-            if self.accepting.contains_key(&plan.addr) {
-                continue;
-            }
+        for plan in to_bind {
             let name = &config.listeners[plan.listener].name;
             let socket = net::bind(plan.addr, plan.v6_only)
                 .with_context(|| format!("cannot listen on {} (listener {name})", plan.addr))?;
@@ -225,13 +224,6 @@ impl Reloader {
         for bound in opened {
             self.start_accepting(bound);
         }
-        let wanted: Vec<SocketAddr> = net::plan(&config).iter().map(|p| p.addr).collect();
-        let removed: Vec<SocketAddr> = self
-            .accepting
-            .keys()
-            .filter(|addr| !wanted.contains(addr))
-            .copied()
-            .collect();
         for addr in &removed {
             // Dropping the stop closes the socket as its loop ends.
             self.accepting.remove(addr);
@@ -243,18 +235,5 @@ impl Reloader {
             pools_kept: pools.iter().flatten().count(),
             pools: pools.len(),
         }))
-    }
-}
-
-/// Settings a running process cannot change: said, not silently ignored.
-fn warn_about_restart_only_settings(old: &Config, new: &Config) {
-    let (o, n) = (&old.runtime, &new.runtime);
-    if o.threads != n.threads
-        || o.max_connections != n.max_connections
-        || o.metrics_bind != n.metrics_bind
-    {
-        tracing::warn!(
-            "SIGHUP: [runtime] threads, max_connections and metrics_bind take effect at the next restart"
-        );
     }
 }

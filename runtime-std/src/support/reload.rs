@@ -3,11 +3,13 @@
 //! change keep their balancer (health flags, in-flight counts) and, in the runtimes, their
 //! idle connections; listeners are matched by name and address.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use mxgate_core::{Config, PoolId, UpstreamPool};
 
 use super::config;
+use super::net::{self, BindPlan};
 
 /// How a reloaded configuration relates to the one it replaces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +57,35 @@ pub fn carry_over(old: &Config, new: &mut Config) -> Carried {
         })
         .collect();
     Carried { pools, unchanged }
+}
+
+/// The sockets `config` asks for that are not bound yet (`bound` holds the configured
+/// addresses of those that are), and the bound ones it no longer asks for.
+pub fn socket_changes(config: &Config, bound: &[SocketAddr]) -> (Vec<BindPlan>, Vec<SocketAddr>) {
+    let plans = net::plan(config);
+    let removed = bound
+        .iter()
+        .filter(|addr| !plans.iter().any(|p| p.addr == **addr))
+        .copied()
+        .collect();
+    let added = plans
+        .into_iter()
+        .filter(|p| !bound.contains(&p.addr))
+        .collect();
+    (added, removed)
+}
+
+/// Settings a running process cannot change: said, not silently ignored.
+pub fn warn_about_restart_only_settings(old: &Config, new: &Config) {
+    let (o, n) = (&old.runtime, &new.runtime);
+    if o.threads != n.threads
+        || o.max_connections != n.max_connections
+        || o.metrics_bind != n.metrics_bind
+    {
+        tracing::warn!(
+            "reload: [runtime] threads, max_connections and metrics_bind take effect at the next restart"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -111,5 +142,18 @@ backends = ["http://127.0.0.1:8088"]
                 id == homeserver
             );
         }
+    }
+
+    #[test]
+    fn sockets_are_bound_for_added_addresses_and_closed_for_removed_ones() {
+        let config = parse(&BASE.replace(
+            "bind = [\"127.0.0.1:1\"]",
+            "bind = [\"127.0.0.1:1\", \"127.0.0.1:2\"]",
+        ));
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let (added, removed) = socket_changes(&config, &[a("127.0.0.1:1"), a("127.0.0.1:3")]);
+        let added: Vec<SocketAddr> = added.iter().map(|p| p.addr).collect();
+        assert_eq!(added, [a("127.0.0.1:2")]);
+        assert_eq!(removed, [a("127.0.0.1:3")]);
     }
 }

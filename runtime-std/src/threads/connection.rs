@@ -13,6 +13,7 @@ use mxgate_core::config::{canonical_ip, Scheme};
 use mxgate_core::{Connection, ListenerId, Output, PoolId, TimerKind};
 use rustls::{ServerConfig, ServerConnection};
 
+use super::reload::Generation;
 use super::Shared;
 use crate::support::limit::Permit;
 use crate::support::metrics::ListenerMetrics;
@@ -34,6 +35,8 @@ pub(crate) enum Event {
     Shutdown,
     /// The drain time is over: close now.
     Abort,
+    /// A reload installed a new configuration generation.
+    Reload,
 }
 
 /// Which socket a read was of. Upstream connections are numbered, so that a late read of
@@ -100,6 +103,10 @@ struct Upstream {
 
 struct Driver {
     shared: Arc<Shared>,
+    /// The configuration generation the engine runs on (see [`Driver::follow_reload`]).
+    generation: Arc<Generation>,
+    /// The newest generation this connection has looked at.
+    reload_seen: u64,
     conn: Connection,
     metrics: ListenerMetrics,
     events: Receiver<Event>,
@@ -127,20 +134,21 @@ struct Driver {
 /// Runs one accepted client connection to its end, on the calling thread.
 pub(crate) fn serve(
     shared: Arc<Shared>,
+    generation: Arc<Generation>,
     listener: ListenerId,
     tcp: TcpStream,
     peer: SocketAddr,
     permit: Permit,
 ) {
     let _permit = permit;
-    let metrics = shared.metrics.listener(listener);
+    let metrics = generation.metrics.listener(listener);
     let _open = metrics.open();
     if let Err(err) = net::tune(&tcp) {
         tracing::debug!(%peer, error = %err, "cannot set client socket options");
     }
-    let timeouts = &shared.config.timeouts;
+    let timeouts = &generation.config.timeouts;
     // On PROXY protocol listeners the client address comes from the header, before TLS.
-    let admitted = match proxy_header::admit(&shared.config, listener, peer) {
+    let admitted = match proxy_header::admit(&generation.config, listener, peer) {
         Ok(Admission::Direct) => Ok(peer),
         Ok(Admission::ReadHeader) => {
             proxy_header::read_blocking(&tcp, peer, Instant::now() + timeouts.client_header)
@@ -154,8 +162,8 @@ pub(crate) fn serve(
             return;
         }
     };
-    let https = shared.config.listeners[listener].scheme == Scheme::Https;
-    let (tls, pending) = match shared.tls.as_ref().filter(|_| https) {
+    let https = generation.config.listeners[listener].scheme == Scheme::Https;
+    let (tls, pending) = match generation.tls.as_ref().filter(|_| https) {
         None => (None, Vec::new()),
         Some(config) => match handshake(config, &tcp, timeouts.tls_handshake) {
             Ok((tls, early)) => (Some(tls), early),
@@ -180,7 +188,7 @@ pub(crate) fn serve(
     };
     let seed = fastrand::u64(..);
     let conn = Connection::new(
-        shared.config.clone(),
+        generation.config.clone(),
         listener,
         canonical_ip(client.ip()),
         seed,
@@ -188,6 +196,8 @@ pub(crate) fn serve(
     );
     let driver = Driver {
         shared: shared.clone(),
+        reload_seen: generation.id,
+        generation,
         conn,
         metrics,
         events,
@@ -250,6 +260,10 @@ impl Driver {
             if self.conn.is_closed() {
                 return self.finish(false);
             }
+            if self.reload_due() {
+                self.follow_reload();
+                continue;
+            }
             if self.feed_client() {
                 continue;
             }
@@ -286,9 +300,52 @@ impl Driver {
                     self.up_reader.done(buf);
                 }
                 Ok(Event::Shutdown) => self.begin_shutdown(now),
+                Ok(Event::Reload) => {} // followed at the top of the loop
                 // Disconnected cannot happen: the shutdown registry holds a sender.
                 Ok(Event::Abort) | Err(RecvTimeoutError::Disconnected) => return self.finish(true),
             }
+        }
+    }
+
+    /// Whether [`Driver::follow_reload`] has something to do: a generation not looked at
+    /// yet, or one to move to now that the connection is idle.
+    fn reload_due(&self) -> bool {
+        if self.shutting_down {
+            return false; // closing anyway (shutdown, or its listener was removed)
+        }
+        let current = self.shared.generation();
+        current != self.reload_seen
+            || (self.generation.id != current && self.conn.is_idle() && self.up.is_none())
+    }
+
+    /// Follows a reload: a connection whose listener the new configuration no longer has
+    /// is drained (its exchange in flight finishes, then it closes); an idle one moves to
+    /// the new generation, so its next request follows the new configuration; a busy one
+    /// moves once its exchange is over (this is called again then).
+    fn follow_reload(&mut self) {
+        let current = self.shared.current();
+        self.reload_seen = current.id;
+        if current.id == self.generation.id {
+            return;
+        }
+        let name = self
+            .generation
+            .config
+            .listeners
+            .get(self.conn.listener())
+            .map(|l| l.name.as_str());
+        let found = current
+            .config
+            .listeners
+            .iter()
+            .position(|l| Some(l.name.as_str()) == name);
+        let Some(listener) = found else {
+            tracing::debug!(listener = ?name, "listener removed by a reload: draining the connection");
+            return self.begin_shutdown(Instant::now());
+        };
+        if self.up.is_none() && self.conn.reconfigure(current.config.clone(), listener) {
+            self.metrics = current.metrics.listener(listener);
+            self.generation = current;
         }
     }
 
@@ -405,7 +462,7 @@ impl Driver {
                     report @ (Output::AccessLog(_)
                     | Output::ExchangeDone(_)
                     | Output::UpstreamFault { .. }) => {
-                        report::handle(&self.shared.config, &self.shared.metrics, report)
+                        report::handle(&self.generation.config, &self.generation.metrics, report)
                     }
                 }
             }
@@ -466,9 +523,9 @@ impl Driver {
             Some((at, TimerKind::UpstreamConnect)) => Some(at),
             _ => None,
         };
-        let timeouts = &self.shared.config.timeouts;
+        let timeouts = &self.generation.config.timeouts;
         let deadline = engine_deadline.unwrap_or(Instant::now() + timeouts.upstream_connect);
-        let (upstreams, metrics) = (&self.shared.upstreams, &self.shared.metrics);
+        let (upstreams, metrics) = (&self.generation.upstreams, &self.generation.metrics);
         let obtained = upstreams.obtain(pool, backend, fresh, deadline, metrics);
         let now = Instant::now();
         match obtained {
@@ -485,7 +542,7 @@ impl Driver {
                 self.conn.handle_upstream_connected(reused, now);
             }
             Err(err) => {
-                let name = &self.shared.config.pools[pool].name;
+                let name = &self.generation.config.pools[pool].name;
                 tracing::warn!(pool = %name, error = %err, "cannot connect to any backend");
                 if engine_deadline.is_some_and(|at| now >= at) {
                     // The engine's own deadline passed: it answers 504.
@@ -505,7 +562,10 @@ impl Driver {
         }
         // No read is under way once the response is complete: the socket is ours alone.
         match Arc::try_unwrap(up.stream) {
-            Ok(stream) => self.shared.upstreams.release(up.pool, up.backend, stream),
+            Ok(stream) => self
+                .generation
+                .upstreams
+                .release(up.pool, up.backend, stream),
             Err(stream) => close_upstream(stream),
         }
     }

@@ -29,14 +29,16 @@
 //!   SIGTERM/SIGINT shut down, SIGHUP reloads the certificates.
 
 mod connection;
+mod reload;
 mod upstream;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -49,6 +51,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use self::connection::Event;
+use self::reload::{Generation, Listeners};
 use self::upstream::Upstreams;
 use crate::support::health::HealthChecker;
 use crate::support::limit::ConnectionLimit;
@@ -67,13 +70,15 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 pub enum Control {
     /// Shut down gracefully (dropping every sender does too).
     Shutdown,
-    /// Re-read the certificate files (what SIGHUP does).
+    /// Re-read the certificate files.
     ReloadCertificates,
+    /// Reload the configuration file (and the certificates) live: what SIGHUP does.
+    Reload,
 }
 
-/// Runs the proxy until SIGTERM or SIGINT, then shuts down gracefully; SIGHUP reloads the
-/// certificates.
-pub fn run(config: Arc<Config>, _path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+/// Runs the proxy until SIGTERM or SIGINT, then shuts down gracefully; SIGHUP reloads
+/// `path` (the file `config` was read from; without one, the certificates only).
+pub fn run(config: Arc<Config>, path: Option<PathBuf>) -> anyhow::Result<()> {
     // Before anything is bound: from now on these signals are handled, never fatal.
     let signals = Signals::new([SIGTERM, SIGINT, SIGHUP]);
     let mut signals = signals.context("cannot install signal handlers")?;
@@ -81,7 +86,7 @@ pub fn run(config: Arc<Config>, _path: Option<std::path::PathBuf>) -> anyhow::Re
     spawn("mxgate-signals", move || {
         for signal in signals.forever() {
             let request = match signal {
-                SIGHUP => Control::ReloadCertificates,
+                SIGHUP => Control::Reload,
                 _ => Control::Shutdown,
             };
             if request == Control::Shutdown {
@@ -93,12 +98,21 @@ pub fn run(config: Arc<Config>, _path: Option<std::path::PathBuf>) -> anyhow::Re
             }
         }
     })?;
-    serve(config, requests)
+    serve_from(config, path, requests)
 }
 
 /// Binds every listener, serves until [`Control::Shutdown`], then shuts down gracefully.
 /// Fails when a listener cannot be bound or the TLS material is unusable.
 pub fn serve(config: Arc<Config>, control: Receiver<Control>) -> anyhow::Result<()> {
+    serve_from(config, None, control)
+}
+
+/// [`serve`], with [`Control::Reload`] reloading the configuration from `path`.
+pub fn serve_from(
+    config: Arc<Config>,
+    path: Option<PathBuf>,
+    control: Receiver<Control>,
+) -> anyhow::Result<()> {
     let https = config.listeners.iter().any(|l| l.scheme == Scheme::Https);
     let certs = match https {
         true => Some(Certificates::load(&config).context("cannot load the TLS certificates")?),
@@ -112,7 +126,7 @@ pub fn serve(config: Arc<Config>, control: Receiver<Control>) -> anyhow::Result<
         let socket = bind(plan.addr, plan.v6_only);
         let socket =
             socket.with_context(|| format!("cannot listen on {} (listener {name})", plan.addr))?;
-        sockets.push((plan.listener, socket));
+        sockets.push((plan.addr, socket));
     }
     let metrics_socket = match config.runtime.metrics_bind {
         Some(addr) => {
@@ -125,15 +139,22 @@ pub fn serve(config: Arc<Config>, control: Receiver<Control>) -> anyhow::Result<
     let health =
         HealthChecker::spawn(&config, &metrics).context("cannot start the health checker")?;
     let slots = config.runtime.threads.unwrap_or(DEFAULT_THREADS);
-    let shared = Arc::new(Shared {
+    let limit = ConnectionLimit::new(slots.min(config.runtime.max_connections));
+    let generation = Generation {
+        id: 0,
         metrics,
         upstreams: Upstreams::new(&config, health.reporter()),
-        limit: ConnectionLimit::new(slots.min(config.runtime.max_connections)),
         tls,
+        config,
+    };
+    let shared = Arc::new(Shared {
+        current: RwLock::new(Arc::new(generation)),
+        generation: AtomicU64::new(0),
+        health,
+        limit,
         stopping: AtomicBool::new(false),
         connections: Mutex::default(),
         next_id: AtomicU64::new(0),
-        config,
     });
     let version = env!("CARGO_PKG_VERSION");
     tracing::info!(
@@ -145,56 +166,54 @@ pub fn serve(config: Arc<Config>, control: Receiver<Control>) -> anyhow::Result<
     let (busy_tx, busy_rx) = mpsc::sync_channel(BUSY_QUEUE);
     let busy_shared = shared.clone();
     spawn("mxgate-busy", move || busy_loop(&busy_shared, busy_rx))?;
-    let mut accepting = Vec::new();
-    for (listener, socket) in sockets {
-        let (addr, l) = (socket.local_addr()?, &shared.config.listeners[listener]);
-        tracing::info!(listener = %l.name, %addr, scheme = l.scheme.as_str(), "listening");
-        let (shared, busy) = (shared.clone(), busy_tx.clone());
-        let thread = spawn("mxgate-accept", move || {
-            accept_loop(&shared, &socket, |tcp, peer| {
-                accept(&shared, listener, tcp, peer, &busy)
-            })
-        })?;
-        accepting.push((addr, Some(thread)));
+    let mut listeners = Listeners::new(certs.clone(), busy_tx);
+    for (configured, socket) in sockets {
+        listeners.start(&shared, configured, socket)?;
     }
-    drop(busy_tx);
+    let mut metrics_addr = None;
     if let Some(socket) = metrics_socket {
         let addr = socket.local_addr()?;
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
         let shared = shared.clone();
         spawn("mxgate-metrics", move || {
-            accept_loop(&shared, &socket, |tcp, _| {
-                if let Err(err) = scrape(&shared.metrics, tcp) {
+            accept_loop(&shared, &socket, &AtomicBool::new(false), |tcp, _| {
+                if let Err(err) = scrape(&shared.current().metrics, tcp) {
                     tracing::debug!(error = %err, "metrics request failed");
                 }
             })
         })?;
-        accepting.push((addr, None)); // not joined: a scrape must not hold up the shutdown
+        metrics_addr = Some(addr); // not joined: a scrape must not hold up the shutdown
     }
 
-    // Until shutdown: certificate reloads, and sweeping idle upstream connections.
-    let sweep_every = pool::sweep_interval(&shared.config);
+    // Until shutdown: reloads, and sweeping idle upstream connections.
     loop {
+        let sweep_every = pool::sweep_interval(&shared.current().config);
         match control.recv_timeout(sweep_every) {
-            Ok(Control::ReloadCertificates) => reload(certs.as_deref()),
+            Ok(Control::ReloadCertificates) => reload_certificates(certs.as_deref()),
+            Ok(Control::Reload) => listeners.reload(&shared, path.as_deref()),
             Ok(Control::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => shared.upstreams.sweep(),
+            Err(RecvTimeoutError::Timeout) => shared.current().upstreams.sweep(),
         }
     }
-    shutdown(&shared, accepting);
-    health.stop();
+    shared.stopping.store(true, Ordering::SeqCst);
+    listeners.stop_all();
+    if let Some(addr) = metrics_addr {
+        wake(addr);
+    }
+    shutdown(&shared);
+    shared.health.stop();
     Ok(())
 }
 
 /// What every thread of a running proxy shares.
 pub(crate) struct Shared {
-    config: Arc<Config>,
-    metrics: Metrics,
-    upstreams: Upstreams,
+    /// The configuration generation new connections and new requests use.
+    current: RwLock<Arc<Generation>>,
+    /// `current`'s id, read without the lock by connections between requests.
+    generation: AtomicU64,
+    health: HealthChecker,
     /// One slot per connection thread.
     limit: Arc<ConnectionLimit>,
-    /// For https listeners.
-    tls: Option<Arc<ServerConfig>>,
     stopping: AtomicBool,
     /// Every open connection's channel, for shutdown.
     connections: Mutex<HashMap<u64, Sender<Event>>>,
@@ -219,6 +238,31 @@ impl Shared {
         Registered(self, id)
     }
 
+    /// The current configuration generation.
+    fn current(&self) -> Arc<Generation> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The current generation's id (one atomic load).
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn health(&self) -> &HealthChecker {
+        &self.health
+    }
+
+    /// Makes `generation` current and tells every connection to move to it.
+    fn install(&self, generation: Generation) {
+        let id = generation.id;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(generation);
+        self.generation.store(id, Ordering::Release);
+        self.broadcast(|| Event::Reload);
+    }
+
     fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }
@@ -236,16 +280,10 @@ impl Shared {
     }
 }
 
-/// Stops accepting, asks every connection to finish, and waits up to `timeouts.drain`.
-fn shutdown(shared: &Shared, accepting: Vec<(SocketAddr, Option<thread::JoinHandle<()>>)>) {
-    shared.stopping.store(true, Ordering::SeqCst);
-    for (addr, thread) in accepting {
-        // A blocked accept() only returns for a connection: make one.
-        if let (true, Some(thread)) = (wake(addr), thread) {
-            let _ = thread.join();
-        }
-    }
-    let (limit, drain) = (&shared.limit, shared.config.timeouts.drain);
+/// Asks every connection to finish (accepting has stopped), and waits up to
+/// `timeouts.drain`.
+fn shutdown(shared: &Shared) {
+    let (limit, drain) = (&shared.limit, shared.current().config.timeouts.drain);
     let drain_seconds = drain.as_secs_f64();
     tracing::info!(
         open_connections = limit.active(),
@@ -269,7 +307,7 @@ fn shutdown(shared: &Shared, accepting: Vec<(SocketAddr, Option<thread::JoinHand
     if limit.active() == 0 {
         tracing::info!("all connections closed");
     }
-    shared.upstreams.clear();
+    shared.current().upstreams.clear();
 }
 
 /// A listening socket from `support::net`, switched to blocking accepts.
@@ -284,7 +322,7 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> anyhow::Result<thread
     thread.with_context(|| format!("cannot start thread {name}"))
 }
 
-fn reload(certs: Option<&Certificates>) {
+fn reload_certificates(certs: Option<&Certificates>) {
     match certs.map(Certificates::reload) {
         None => tracing::info!("SIGHUP: no TLS listener, nothing to reload"),
         Some(Ok(())) => tracing::info!("SIGHUP: certificates reloaded"),
@@ -295,15 +333,16 @@ fn reload(certs: Option<&Certificates>) {
     }
 }
 
-/// Accepts until shutdown begins, handing each connection to `on_accept`.
+/// Accepts until shutdown begins or `halt` is set, handing each connection to `on_accept`.
 fn accept_loop(
     shared: &Shared,
     socket: &TcpListener,
+    halt: &AtomicBool,
     mut on_accept: impl FnMut(TcpStream, SocketAddr),
 ) {
     loop {
         let accepted = socket.accept();
-        if shared.is_stopping() {
+        if shared.is_stopping() || halt.load(Ordering::SeqCst) {
             return;
         }
         match accepted.and_then(|(tcp, peer)| tcp.set_nonblocking(false).map(|()| (tcp, peer))) {
@@ -320,6 +359,7 @@ fn accept_loop(
 /// A connection thread for a client connection if a slot is free, else the busy thread's `503`.
 fn accept(
     shared: &Arc<Shared>,
+    generation: Arc<Generation>,
     listener: ListenerId,
     tcp: TcpStream,
     peer: SocketAddr,
@@ -331,7 +371,9 @@ fn accept(
     };
     let shared = shared.clone();
     let thread = thread::Builder::new().name("mxgate-conn".into());
-    if let Err(err) = thread.spawn(move || connection::serve(shared, listener, tcp, peer, permit)) {
+    if let Err(err) =
+        thread.spawn(move || connection::serve(shared, generation, listener, tcp, peer, permit))
+    {
         tracing::warn!(%peer, error = %err, "cannot start a connection thread");
     }
 }
@@ -349,8 +391,13 @@ fn wake(addr: SocketAddr) -> bool {
 /// Answers connections over the limit, one after the other.
 fn busy_loop(shared: &Shared, queue: Receiver<(ListenerId, TcpStream)>) {
     for (listener, tcp) in queue {
-        let https = shared.config.listeners[listener].scheme == Scheme::Https;
-        if let Err(err) = answer_busy(shared.tls.as_ref().filter(|_| https), tcp) {
+        let current = shared.current();
+        let https = current
+            .config
+            .listeners
+            .get(listener)
+            .is_some_and(|l| l.scheme == Scheme::Https);
+        if let Err(err) = answer_busy(current.tls.as_ref().filter(|_| https), tcp) {
             tracing::debug!(error = %err, "answering 503 failed");
         }
     }

@@ -5,9 +5,11 @@
 
 use std::io;
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mxgate_core::{Config, PoolId};
+use mxgate_core::{Config, PoolId, UpstreamPool};
 
 use crate::support::backend::{self, BackendAddrs};
 use crate::support::dial::{DialPlan, DialStep};
@@ -20,11 +22,24 @@ struct PoolState {
     /// Idle sockets are kept in non-blocking mode, so that checking them never blocks.
     idle: IdlePool<TcpStream>,
     addrs: Vec<BackendAddrs>,
+    /// A reload dropped or changed the pool: connections released into it are closed.
+    retired: AtomicBool,
 }
 
-/// Every pool's idle connections and backend addresses.
+impl PoolState {
+    fn new(pool: &UpstreamPool) -> PoolState {
+        PoolState {
+            idle: IdlePool::new(pool),
+            addrs: pool.backends.iter().map(BackendAddrs::new).collect(),
+            retired: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Every pool's idle connections and backend addresses, for one configuration generation
+/// (a reload's generation shares the pools it keeps: [`Upstreams::reconfigured`]).
 pub(crate) struct Upstreams {
-    pools: Vec<PoolState>,
+    pools: Vec<Arc<PoolState>>,
     /// `timeouts.upstream_connect`, shared out among the addresses of a backend.
     connect_timeout: Duration,
     /// A write to the upstream must make progress within `timeouts.upstream_response`.
@@ -39,11 +54,40 @@ impl Upstreams {
             pools: config
                 .pools
                 .iter()
-                .map(|p| PoolState {
-                    idle: IdlePool::new(p),
-                    addrs: p.backends.iter().map(BackendAddrs::new).collect(),
-                })
+                .map(|p| Arc::new(PoolState::new(p)))
                 .collect(),
+            connect_timeout: config.timeouts.upstream_connect,
+            write_timeout: config.timeouts.upstream_response,
+            health,
+        }
+    }
+
+    /// The pools of a reloaded `config`: `kept[p]` names the pool of this generation that
+    /// pool `p` continues (sharing its idle connections and resolved addresses); the other
+    /// pools of this generation are retired (idle connections closed, later releases too).
+    pub fn reconfigured(
+        &self,
+        config: &Config,
+        kept: &[Option<PoolId>],
+        health: HealthReporter,
+    ) -> Upstreams {
+        let pools: Vec<Arc<PoolState>> = config
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(id, p)| match kept.get(id).copied().flatten() {
+                Some(old) if old < self.pools.len() => self.pools[old].clone(),
+                _ => Arc::new(PoolState::new(p)),
+            })
+            .collect();
+        for old in &self.pools {
+            if !pools.iter().any(|p| Arc::ptr_eq(p, old)) {
+                old.retired.store(true, Ordering::Release);
+                drop(old.idle.clear());
+            }
+        }
+        Upstreams {
+            pools,
             connect_timeout: config.timeouts.upstream_connect,
             write_timeout: config.timeouts.upstream_response,
             health,
@@ -103,7 +147,9 @@ impl Upstreams {
 
     /// Parks a connection the engine called reusable (an evicted one is closed here).
     pub fn release(&self, pool: PoolId, backend: usize, stream: TcpStream) {
-        if let (Some(state), Ok(())) = (self.pools.get(pool), stream.set_nonblocking(true)) {
+        let state = self.pools.get(pool);
+        let state = state.filter(|s| !s.retired.load(Ordering::Acquire));
+        if let (Some(state), Ok(())) = (state, stream.set_nonblocking(true)) {
             drop(state.idle.put(backend, stream, Instant::now()));
         }
     }
