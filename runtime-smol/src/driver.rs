@@ -35,7 +35,7 @@ use bytes::Bytes;
 use mxgate_core::{Connection, ExchangeBuffers, ListenerId, Output, PoolId, TimerKind};
 use mxgate_std::support::limit::Permit;
 use mxgate_std::support::metrics::OpenConnection;
-use mxgate_std::support::report;
+use mxgate_std::support::{net, report};
 use smol::io::{AsyncRead, AsyncWriteExt};
 use smol::{future, Timer};
 
@@ -219,6 +219,8 @@ impl Driver {
             up: None,
             shutdown_key: NOT_REGISTERED,
             shutdown_seen: false,
+            shutdown_deferred: false,
+            had_input: false,
             upstream_first: false,
             _guards: guards,
             timer: Timer::never(),
@@ -333,8 +335,13 @@ pub(crate) struct Driver {
     /// This task's registration in `Shared::shutdown_wakers`, made on the first wait
     /// (`NOT_REGISTERED` before).
     shutdown_key: usize,
-    /// `begin_shutdown` was called.
+    /// `begin_shutdown` was called (or deferred: see `shutdown_deferred`).
     shutdown_seen: bool,
+    /// Shutdown began while a request waited unread, or before the first: `begin_shutdown`
+    /// once it is read, or when the grace timer fires.
+    shutdown_deferred: bool,
+    /// The client sent something (a connection that has not gets a grace at shutdown).
+    had_input: bool,
     /// Which side the next wait checks first (alternates, so neither starves the other).
     upstream_first: bool,
     _guards: Guards,
@@ -402,10 +409,22 @@ impl Driver {
                         self.timer_state = TimerState::Fired(at);
                         self.conn.handle_timeout(now);
                     }
+                    if std::mem::take(&mut self.shutdown_deferred) {
+                        self.conn.begin_shutdown(now); // the grace is over
+                    }
                 }
                 Wake::Shutdown => {
                     self.shutdown_seen = true;
-                    self.conn.begin_shutdown(Instant::now());
+                    // A request already sent (bytes waiting unread) is served first, and a
+                    // connection accepted a moment ago gets a short grace to send its
+                    // first: closing now would lose it. Shutdown begins once it is read
+                    // (or the grace is over).
+                    if self.conn.is_idle() && (!self.had_input || self.client.pending_input()) {
+                        self.shutdown_deferred = true;
+                        self.arm_timer(Some(Instant::now() + net::SHUTDOWN_GRACE));
+                    } else {
+                        self.conn.begin_shutdown(Instant::now());
+                    }
                 }
                 Wake::Reload => self.follow_reload(),
             }
@@ -603,6 +622,7 @@ impl Driver {
                 Poll::Ready(Ok(n)) => {
                     self.client_more = n == buf.len();
                     self.tls_socket_only = false;
+                    self.had_input = true;
                     if let Some(metrics) =
                         self.generation.listener_metrics.get(self.conn.listener())
                     {
@@ -612,6 +632,9 @@ impl Driver {
                         lend_exchange_buffers(&mut self.conn);
                     }
                     self.conn.handle_client_data(&buf[..n], now);
+                    if std::mem::take(&mut self.shutdown_deferred) {
+                        self.conn.begin_shutdown(now);
+                    }
                 }
                 Poll::Ready(Err(err)) => {
                     tracing::debug!(error = %err, "client read failed");

@@ -30,8 +30,8 @@ use mxgate_core::{Config, ListenerId};
 use mxgate_std::support::health::HealthChecker;
 use mxgate_std::support::limit::ConnectionLimit;
 use mxgate_std::support::metrics::{ListenerMetrics, Metrics};
-use mxgate_std::support::net;
 use mxgate_std::support::tls::Certificates;
+use mxgate_std::support::{net, systemd};
 use smol::channel::{Receiver, Sender};
 use smol::{future, Async, Executor, LocalExecutor, Timer};
 
@@ -149,13 +149,17 @@ impl Server {
             )),
             None => None,
         };
+        // Sockets the service manager passed (socket activation) first, the rest bound now.
+        let mut inherited =
+            systemd::Inherited::from_env().context("cannot take the sockets passed by systemd")?;
         let mut listeners = Vec::new();
         for plan in net::plan(&config) {
             let name = &config.listeners[plan.listener].name;
-            let socket = net::bind(plan.addr, plan.v6_only)
+            let socket = systemd::socket_for(&mut inherited, &config, &plan)
                 .with_context(|| format!("cannot listen on {} (listener {name})", plan.addr))?;
             listeners.push(Bound::new(plan.addr, socket)?);
         }
+        inherited.finish();
         if listeners.is_empty() {
             tracing::warn!("no listener configured: nothing to serve");
         }
@@ -293,8 +297,10 @@ impl Server {
         }
         tasks.push(executor.spawn(reloader.run(hangups)));
         tasks.push(executor.spawn(sweep_idle_upstreams(shared.clone())));
+        systemd::ready(&status(&shared));
 
         shutdown.await;
+        systemd::stopping(&format!("draining: {}", status(&shared)));
         let drain = shared.current().config.timeouts.drain;
         drop(shutdown_tx);
         shared.shutdown_wakers.begin();
@@ -341,7 +347,13 @@ impl Server {
     }
 }
 
-/// Closes idle upstream connections that expired or were closed by the backend.
+/// What the service manager's `STATUS=` says.
+pub(crate) fn status(shared: &Shared) -> String {
+    systemd::status_line(shared.limit.active(), shared.generation())
+}
+
+/// Closes idle upstream connections that expired or were closed by the backend (and
+/// refreshes the service manager's `STATUS=`).
 async fn sweep_idle_upstreams(shared: Arc<Shared>) {
     let interval = mxgate_std::support::pool::sweep_interval(&shared.current().config);
     loop {
@@ -359,6 +371,7 @@ async fn sweep_idle_upstreams(shared: Arc<Shared>) {
         if stop {
             return;
         }
+        systemd::status(&status(&shared));
         let closed = shared.current().upstreams.sweep();
         if closed > 0 {
             tracing::trace!(closed, "closed idle upstream connections");

@@ -17,9 +17,9 @@ use async_signal::Signals;
 use futures_rustls::TlsAcceptor;
 use mxgate_core::config::Scheme;
 use mxgate_core::Config;
-use mxgate_std::support::net;
 use mxgate_std::support::reload::{self, Carried};
 use mxgate_std::support::tls::Certificates;
+use mxgate_std::support::{net, systemd};
 use smol::channel::Sender;
 use smol::stream::StreamExt;
 use smol::{future, Executor};
@@ -99,8 +99,15 @@ impl Reloader {
         }
     }
 
-    /// One reload, logged.
+    /// One reload, logged, announced to the service manager (`RELOADING=1`, then
+    /// `READY=1`: the process serves either way).
     pub async fn reload(&mut self) {
+        systemd::reloading();
+        self.reload_logged().await;
+        systemd::ready(&crate::status(&self.shared));
+    }
+
+    async fn reload_logged(&mut self) {
         let Some(path) = self.path.clone() else {
             self.reload_certificates_only().await;
             return;

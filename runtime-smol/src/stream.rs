@@ -60,6 +60,15 @@ impl ClientStream {
 impl ClientStream {
     /// Sends the TCP FIN. (`AsyncWrite::close` only flushes an `Async<TcpStream>`; for TLS it
     /// sends close_notify first, so call it before this.)
+    /// Whether the client's bytes wait unread in the socket (never blocks).
+    pub(crate) fn pending_input(&self) -> bool {
+        let tcp = match self {
+            ClientStream::Plain(s) => s.get_ref(),
+            ClientStream::Tls(s) => s.get_ref().0.get_ref(),
+        };
+        mxgate_std::support::net::pending_input(tcp)
+    }
+
     pub(crate) fn shutdown_write(&self) -> io::Result<()> {
         let tcp = match self {
             ClientStream::Plain(s) => s.get_ref(),

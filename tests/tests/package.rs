@@ -193,6 +193,7 @@ fn debian_package_installs_a_checked_config_and_hardened_units() {
     );
     let service = std::fs::read_to_string(units.join("mxgate.service")).expect("service");
     for line in [
+        "Type=notify",
         "User=mxgate",
         "AmbientCapabilities=CAP_NET_BIND_SERVICE",
         "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",

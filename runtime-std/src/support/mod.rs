@@ -15,6 +15,7 @@ pub mod pool;
 pub mod proxy_header;
 pub mod reload;
 pub mod report;
+pub mod systemd;
 pub mod tls;
 
 #[cfg(test)]

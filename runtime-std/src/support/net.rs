@@ -80,6 +80,49 @@ pub fn idle_usable(stream: &TcpStream) -> bool {
     matches!(stream.peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
+/// At shutdown, how long a connection accepted a moment before, that has not sent a
+/// request yet, gets to send one (closing it at once would lose a request in flight).
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether bytes from the peer wait unread in `stream`'s receive buffer (never blocks).
+/// At shutdown a connection with a request already sent is served, not closed.
+pub fn pending_input(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    // SAFETY: recv(2) into a 1-byte buffer we own; MSG_PEEK leaves the byte in the socket.
+    let n = unsafe {
+        libc::recv(
+            std::os::fd::AsRawFd::as_raw_fd(stream),
+            byte.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n > 0
+}
+
+/// Waits up to `timeout` for a connection to accept on `socket` (`false`: none came).
+/// Lets an accept loop notice that it is to stop, and lets several processes accept on a
+/// shared socket (an upgrade) without one blocking after the other took the connection.
+pub fn wait_acceptable(socket: &TcpListener, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut fds = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(socket),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: poll(2) on one pollfd we own.
+    match unsafe { libc::poll(&mut fds, 1, ms) } {
+        n if n < 0 => {
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted => Ok(false),
+                _ => Err(err),
+            }
+        }
+        n => Ok(n > 0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +156,23 @@ mod tests {
             mxgate_core::config::canonical_ip(peer.ip()),
             sa("127.0.0.1:1").ip()
         );
+    }
+
+    #[test]
+    fn pending_input_and_acceptable_connections_are_seen_without_blocking() {
+        let listener = bind(sa("127.0.0.1:0"), true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let short = std::time::Duration::from_millis(10);
+        assert!(!wait_acceptable(&listener, short).unwrap());
+        let mut client = TcpStream::connect(addr).unwrap();
+        assert!(wait_acceptable(&listener, std::time::Duration::from_secs(5)).unwrap());
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(!pending_input(&accepted));
+        std::io::Write::write_all(&mut client, b"GET").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !pending_input(&accepted) {
+            assert!(std::time::Instant::now() < deadline, "bytes not seen");
+            std::thread::sleep(short);
+        }
     }
 }

@@ -127,6 +127,11 @@ struct Driver {
     up_reader: Reader,
     upstreams_opened: u64,
     shutting_down: bool,
+    /// Shutdown began while a request waited unread, or before the first: begun once it
+    /// is fed, or at this instant (the grace).
+    shutdown_deferred: Option<Instant>,
+    /// The client sent something (a connection that has not gets a grace at shutdown).
+    had_input: bool,
     /// The last deadline `handle_timeout` was called for.
     fired: Option<Instant>,
 }
@@ -213,6 +218,8 @@ pub(crate) fn serve(
         up_reader,
         upstreams_opened: 0,
         shutting_down: false,
+        shutdown_deferred: None,
+        had_input: false,
         fired: None,
     };
     // Registered first, then checked: a shutdown is never missed.
@@ -265,10 +272,16 @@ impl Driver {
                 continue;
             }
             if self.feed_client() {
+                if self.shutdown_deferred.take().is_some() {
+                    self.begin_shutdown(Instant::now());
+                }
                 continue;
             }
             self.start_reads();
-            let deadline = self.deadline();
+            let deadline = match (self.deadline(), self.shutdown_deferred) {
+                (Some(engine), Some(grace)) => Some(engine.min(grace)),
+                (engine, grace) => engine.or(grace),
+            };
             let event = match deadline {
                 Some(at) => self
                     .events
@@ -284,6 +297,10 @@ impl Driver {
             let now = Instant::now();
             match event {
                 Err(RecvTimeoutError::Timeout) => {
+                    if self.shutdown_deferred.is_some_and(|grace| now >= grace) {
+                        self.shutdown_deferred = None;
+                        self.begin_shutdown(now); // the grace is over
+                    }
                     self.fired = deadline;
                     self.conn.handle_timeout(now);
                 }
@@ -299,7 +316,17 @@ impl Driver {
                     self.upstream_input(side, &buf, result, now);
                     self.up_reader.done(buf);
                 }
-                Ok(Event::Shutdown) => self.begin_shutdown(now),
+                Ok(Event::Shutdown) => {
+                    // A request already sent (bytes waiting, or read and not fed yet) is
+                    // served first, and a connection accepted a moment ago gets a short
+                    // grace to send its first: closing now would lose it.
+                    let sent = !self.pending.is_empty() || net::pending_input(&self.client);
+                    if self.conn.is_idle() && (sent || !self.had_input) {
+                        self.shutdown_deferred = Some(now + net::SHUTDOWN_GRACE);
+                    } else {
+                        self.begin_shutdown(now);
+                    }
+                }
                 Ok(Event::Reload) => {} // followed at the top of the loop
                 // Disconnected cannot happen: the shutdown registry holds a sender.
                 Ok(Event::Abort) | Err(RecvTimeoutError::Disconnected) => return self.finish(true),
@@ -414,6 +441,7 @@ impl Driver {
         if self.client_eof || (!self.pending.is_empty() && !self.conn.wants_client_read()) {
             false
         } else if !self.pending.is_empty() {
+            self.had_input = true;
             self.metrics.bytes_in.inc_by(self.pending.len() as u64);
             self.conn.handle_client_data(&self.pending, now);
             self.pending.clear();

@@ -34,7 +34,7 @@ mod upstream;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
@@ -57,7 +57,7 @@ use crate::support::health::HealthChecker;
 use crate::support::limit::ConnectionLimit;
 use crate::support::metrics::{self, Metrics};
 use crate::support::tls::Certificates;
-use crate::support::{net, pool};
+use crate::support::{net, pool, systemd};
 
 /// Connection threads when `runtime.threads` is not set: room for a few hundred long-polls.
 pub const DEFAULT_THREADS: usize = 512;
@@ -120,14 +120,18 @@ pub fn serve_from(
     };
     let tls = certs.as_ref().map(|c| c.server_config());
     let tls = tls.transpose().context("cannot set up TLS")?;
+    // Sockets the service manager passed (socket activation) first, the rest bound now.
+    let inherited = systemd::Inherited::from_env();
+    let mut inherited = inherited.context("cannot take the sockets passed by systemd")?;
     let mut sockets = Vec::new();
     for plan in net::plan(&config) {
         let name = &config.listeners[plan.listener].name;
-        let socket = bind(plan.addr, plan.v6_only);
+        let socket = systemd::socket_for(&mut inherited, &config, &plan);
         let socket =
             socket.with_context(|| format!("cannot listen on {} (listener {name})", plan.addr))?;
         sockets.push((plan.addr, socket));
     }
+    inherited.finish();
     let metrics_socket = match config.runtime.metrics_bind {
         Some(addr) => {
             Some(bind(addr, true).with_context(|| format!("cannot listen on {addr} (metrics)"))?)
@@ -170,7 +174,6 @@ pub fn serve_from(
     for (configured, socket) in sockets {
         listeners.start(&shared, configured, socket)?;
     }
-    let mut metrics_addr = None;
     if let Some(socket) = metrics_socket {
         let addr = socket.local_addr()?;
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
@@ -182,24 +185,30 @@ pub fn serve_from(
                 }
             })
         })?;
-        metrics_addr = Some(addr); // not joined: a scrape must not hold up the shutdown
+        // Not joined: a scrape must not hold up the shutdown.
     }
 
     // Until shutdown: reloads, and sweeping idle upstream connections.
+    systemd::ready(&shared.status());
     loop {
         let sweep_every = pool::sweep_interval(&shared.current().config);
         match control.recv_timeout(sweep_every) {
             Ok(Control::ReloadCertificates) => reload_certificates(certs.as_deref()),
-            Ok(Control::Reload) => listeners.reload(&shared, path.as_deref()),
+            Ok(Control::Reload) => {
+                systemd::reloading();
+                listeners.reload(&shared, path.as_deref());
+                systemd::ready(&shared.status());
+            }
             Ok(Control::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => shared.current().upstreams.sweep(),
+            Err(RecvTimeoutError::Timeout) => {
+                systemd::status(&shared.status());
+                shared.current().upstreams.sweep()
+            }
         }
     }
+    systemd::stopping(&format!("draining: {}", shared.status()));
     shared.stopping.store(true, Ordering::SeqCst);
     listeners.stop_all();
-    if let Some(addr) = metrics_addr {
-        wake(addr);
-    }
     shutdown(&shared);
     shared.health.stop();
     Ok(())
@@ -263,6 +272,11 @@ impl Shared {
         self.broadcast(|| Event::Reload);
     }
 
+    /// What the service manager's `STATUS=` says.
+    fn status(&self) -> String {
+        systemd::status_line(self.limit.active(), self.generation())
+    }
+
     fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }
@@ -310,12 +324,13 @@ fn shutdown(shared: &Shared) {
     shared.current().upstreams.clear();
 }
 
-/// A listening socket from `support::net`, switched to blocking accepts.
+/// A listening socket from `support::net` (non-blocking: see [`accept_loop`]).
 fn bind(addr: SocketAddr, v6_only: bool) -> io::Result<TcpListener> {
-    let socket = net::bind(addr, v6_only)?;
-    socket.set_nonblocking(false)?;
-    Ok(socket)
+    net::bind(addr, v6_only)
 }
+
+/// How often a waiting accept loop checks whether it is to stop.
+const ACCEPT_POLL: Duration = Duration::from_millis(100);
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> anyhow::Result<thread::JoinHandle<()>> {
     let thread = thread::Builder::new().name(name.into()).spawn(f);
@@ -334,6 +349,9 @@ fn reload_certificates(certs: Option<&Certificates>) {
 }
 
 /// Accepts until shutdown begins or `halt` is set, handing each connection to `on_accept`.
+/// The socket is non-blocking and waited on with a bounded poll: stopping needs no wake-up
+/// connection, and another process accepting on the same socket (an upgrade) never leaves
+/// this one blocked in `accept`.
 fn accept_loop(
     shared: &Shared,
     socket: &TcpListener,
@@ -341,9 +359,21 @@ fn accept_loop(
     mut on_accept: impl FnMut(TcpStream, SocketAddr),
 ) {
     loop {
-        let accepted = socket.accept();
         if shared.is_stopping() || halt.load(Ordering::SeqCst) {
             return;
+        }
+        match net::wait_acceptable(socket, ACCEPT_POLL) {
+            Ok(false) => continue,
+            Ok(true) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, "waiting for connections failed");
+                thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        }
+        let accepted = socket.accept();
+        if matches!(&accepted, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+            continue; // another process (or thread) took it
         }
         match accepted.and_then(|(tcp, peer)| tcp.set_nonblocking(false).map(|()| (tcp, peer))) {
             Ok((tcp, peer)) => on_accept(tcp, peer),
@@ -376,16 +406,6 @@ fn accept(
     {
         tracing::warn!(%peer, error = %err, "cannot start a connection thread");
     }
-}
-
-/// Connects to our own listening socket, so that its blocked `accept()` returns.
-fn wake(addr: SocketAddr) -> bool {
-    let ip = match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    TcpStream::connect_timeout(&SocketAddr::new(ip, addr.port()), Duration::from_secs(1)).is_ok()
 }
 
 /// Answers connections over the limit, one after the other.

@@ -22,7 +22,7 @@ use mxgate_core::{Config, ListenerId};
 use rustls::ServerConfig;
 
 use super::upstream::Upstreams;
-use super::{accept, accept_loop, bind, spawn, wake, Shared};
+use super::{accept, accept_loop, bind, spawn, Shared};
 use crate::support::metrics::Metrics;
 use crate::support::reload::{self, Carried};
 use crate::support::tls::Certificates;
@@ -50,8 +50,6 @@ impl Generation {
 
 /// An accept thread and how to stop it.
 struct Accepting {
-    /// The address as bound (to wake a blocked `accept`).
-    local: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
@@ -99,14 +97,8 @@ impl Listeners {
                 }
             })
         })?;
-        self.accepting.insert(
-            configured,
-            Accepting {
-                local,
-                stop,
-                thread,
-            },
-        );
+        self.accepting
+            .insert(configured, Accepting { stop, thread });
         Ok(())
     }
 
@@ -215,11 +207,8 @@ impl Listeners {
     }
 }
 
-/// Stops an accept thread (its socket closes as it returns).
+/// Stops an accept thread (its socket closes as it returns, within its poll interval).
 fn stop(accepting: Accepting) {
     accepting.stop.store(true, Ordering::SeqCst);
-    // A blocked accept() only returns for a connection: make one.
-    if wake(accepting.local) {
-        let _ = accepting.thread.join();
-    }
+    let _ = accepting.thread.join();
 }
