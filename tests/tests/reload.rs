@@ -1,10 +1,14 @@
 //! Live reload (SIGHUP, and `mxgate reload`): a new configuration takes over new
 //! connections and the next request of keep-alive ones, while exchanges in flight — a
 //! long-poll the origin holds for 4 s, an 8 MiB upload sent slowly across the reload, a
-//! long-poll on a listener the reload removes — finish on the old one. A broken file
-//! changes nothing and is logged with file:line:key; an unchanged file moves no connection.
+//! long-poll on a listener the reload removes — finish on the old one, and a client load
+//! running across the reload (two keep-alive clients, two opening a connection per
+//! request) loses nothing. A broken file changes nothing and is logged with
+//! file:line:key; an unchanged file moves no connection.
 
 use std::fs;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -36,6 +40,75 @@ fn media_requests(media: &Origin) -> usize {
         .iter()
         .filter(|r| r.head.path().starts_with("/_matrix/media/"))
         .count()
+}
+
+/// A bounded client load on one listener: two clients on keep-alive connections and two
+/// opening a connection per request, every answer checked.
+struct Load {
+    running: Arc<AtomicBool>,
+    clients: Vec<thread::JoinHandle<(usize, Vec<String>)>>,
+}
+
+impl Load {
+    fn start(addr: std::net::SocketAddr) -> Load {
+        let running = Arc::new(AtomicBool::new(true));
+        let clients = (0..4)
+            .map(|i| {
+                let running = running.clone();
+                thread::spawn(move || {
+                    let (mut answered, mut lost) = (0, Vec::new());
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    let mut kept: Option<Client> = None;
+                    while running.load(Ordering::SeqCst) && Instant::now() < deadline {
+                        let keep_alive = i < 2;
+                        let client = match kept.take() {
+                            Some(c) => Ok(c),
+                            None => Client::try_plain(addr),
+                        };
+                        let result =
+                            client
+                                .map_err(|e| format!("connect: {e}"))
+                                .and_then(|mut c| {
+                                    let request = if keep_alive {
+                                        get("/_matrix/client/versions", "localhost")
+                                    } else {
+                                        request(
+                                            "GET",
+                                            "/_matrix/client/versions",
+                                            "localhost",
+                                            &["Connection: close"],
+                                        )
+                                    };
+                                    let res = c.request(&request).map_err(|e| format!("{e:?}"))?;
+                                    if keep_alive {
+                                        kept = Some(c);
+                                    }
+                                    Ok(res.status)
+                                });
+                        match result {
+                            Ok(200) => answered += 1,
+                            Ok(status) => lost.push(format!("status {status}")),
+                            Err(e) => lost.push(e),
+                        }
+                    }
+                    (answered, lost)
+                })
+            })
+            .collect();
+        Load { running, clients }
+    }
+
+    /// Stops the load: requests answered, and what went wrong.
+    fn stop(self) -> (usize, Vec<String>) {
+        self.running.store(false, Ordering::SeqCst);
+        let (mut answered, mut lost) = (0, Vec::new());
+        for c in self.clients {
+            let (a, l) = c.join().unwrap();
+            answered += a;
+            lost.extend(l);
+        }
+        (answered, lost)
+    }
 }
 
 fn put(target: &str, len: usize) -> Vec<u8> {
@@ -90,8 +163,21 @@ fn reload_applies_a_new_config_without_disturbing_exchanges_in_flight() {
                 media.url()
             );
         fs::write(&s.proxy.config_path, &reloaded).unwrap();
+        let load = Load::start(s.proxy.client_plain());
+        thread::sleep(Duration::from_millis(300));
         s.proxy.signal(libc::SIGHUP);
         wait_log(&s.proxy, "configuration reloaded", 1);
+        thread::sleep(Duration::from_millis(300));
+        let (answered, lost) = load.stop();
+        eprintln!(
+            "[{}] load across the reload: {answered} requests answered (2 keep-alive and 2 connection-per-request clients), {} lost: {lost:?}",
+            rt.name,
+            lost.len()
+        );
+        assert!(
+            answered > 0 && lost.is_empty(),
+            "lost across the reload: {lost:?}"
+        );
 
         // The rest of the upload, then every exchange in flight completes on the old config.
         upload.send(&body[UPLOAD / 2..]).unwrap();
