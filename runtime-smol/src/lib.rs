@@ -3,7 +3,10 @@
 //! [`serve`] binds every configured listener, then runs a shared `smol::Executor` on
 //! `runtime.threads` threads (default: one per core) until its `shutdown` future resolves;
 //! then it stops accepting, asks every connection to finish (`begin_shutdown`) and waits up
-//! to `timeouts.drain` for them. [`run`] is `serve` with SIGTERM/SIGINT as the shutdown.
+//! to `timeouts.drain` for them. [`run`] is `serve` with SIGTERM/SIGINT as the shutdown and
+//! SIGHUP reloading the configuration file (`reload.rs`: each reload is a new
+//! generation that connections move to between requests). Sockets passed by systemd
+//! are used before binding any, and systemd is told what happens (`support::systemd`).
 //! Everything that is not async lives in `mxgate-std` (shared with the std runtime).
 
 mod driver;
@@ -207,7 +210,7 @@ impl Server {
     }
 
     /// Makes SIGHUP reload the configuration from `path` (read and validated as `mxgate
-    /// check` does; see [`reload`]). Without it, SIGHUP reloads the certificates only.
+    /// check` does; see the crate doc). Without it, SIGHUP reloads the certificates only.
     pub fn reload_from(mut self, path: PathBuf) -> Server {
         self.config_path = Some(path);
         self

@@ -24,9 +24,13 @@
 //!   bytes are discarded for up to 2 s or until EOF, so that a client still sending a body
 //!   reads the error response instead of a reset.
 //! - **Shutdown.** Every connection registers its channel. On shutdown, accepting stops, each
-//!   connection gets `begin_shutdown`, exchanges in flight get `timeouts.drain` to finish,
-//!   and then the rest are closed. [`run`] installs the signal handlers before binding:
-//!   SIGTERM/SIGINT shut down, SIGHUP reloads the certificates.
+//!   connection gets `begin_shutdown` (after a request already waiting, or a short grace
+//!   for a connection that has sent nothing yet), exchanges in flight get `timeouts.drain`
+//!   to finish, and then the rest are closed. [`run`] installs the signal handlers before
+//!   binding: SIGTERM/SIGINT shut down, SIGHUP reloads the configuration (`reload.rs`).
+//! - **systemd.** Listening sockets passed by the service manager are used before binding
+//!   any; `READY=1`, `RELOADING=1`, `STOPPING=1` and `STATUS=` are sent
+//!   (`support::systemd`).
 
 mod connection;
 mod reload;
