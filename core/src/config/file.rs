@@ -150,6 +150,7 @@ const LIMIT_KEYS: &[&str] = &[
     "max_headers",
     "max_response_head",
     "max_pipelined",
+    "max_linger",
 ];
 const TIMEOUT_KEYS: &[&str] = &[
     "client_header",
@@ -159,6 +160,9 @@ const TIMEOUT_KEYS: &[&str] = &[
     "upstream_response",
     "tls_handshake",
     "drain",
+    "send",
+    "linger",
+    "linger_read",
 ];
 const FORWARDING_KEYS: &[&str] = &["trusted_proxies", "request_id_header"];
 const ADMIN_KEYS: &[&str] = &["allow", "pool"];
@@ -587,6 +591,9 @@ impl<'a> Parser<'_, 'a> {
         if let Some(n) = f.get("max_body") {
             limits.max_body_bytes = size(src, n)?;
         }
+        if let Some(n) = f.get("max_linger") {
+            limits.max_linger_bytes = size(src, n)?;
+        }
         // Heads are parsed into 32-bit offsets; no real head comes near this bound.
         const HEAD_BOUND: u64 = 16 << 20;
         let slots: [(&str, &mut usize, bool); 4] = [
@@ -622,7 +629,7 @@ impl<'a> Parser<'_, 'a> {
             return Ok(t);
         };
         let f = node.table(src, TIMEOUT_KEYS)?;
-        let slots: [(&str, &mut Duration, bool); 7] = [
+        let slots: [(&str, &mut Duration, bool); 10] = [
             ("client_header", &mut t.client_header, true),
             ("client_idle", &mut t.client_idle, true),
             ("client_body", &mut t.client_body, true),
@@ -631,6 +638,10 @@ impl<'a> Parser<'_, 'a> {
             ("tls_handshake", &mut t.tls_handshake, true),
             // Zero: stop at once.
             ("drain", &mut t.drain, false),
+            ("send", &mut t.send, true),
+            // Zero: close at once after an early answer (the client may see a reset).
+            ("linger", &mut t.linger, false),
+            ("linger_read", &mut t.linger_read, true),
         ];
         for (key, slot, positive) in slots {
             if let Some(n) = f.get(key) {

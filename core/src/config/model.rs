@@ -203,6 +203,9 @@ pub struct Limits {
     pub max_response_head_bytes: usize,
     /// Pipelined request bytes buffered while an exchange is in flight.
     pub max_pipelined_bytes: usize,
+    /// Most request bytes read and thrown away after an early answer (lingering close),
+    /// so that a client still sending its body reads the answer instead of a reset.
+    pub max_linger_bytes: u64,
 }
 
 impl Default for Limits {
@@ -214,6 +217,7 @@ impl Default for Limits {
             max_headers: 100,
             max_response_head_bytes: 64 * 1024,
             max_pipelined_bytes: 64 * 1024,
+            max_linger_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -235,6 +239,17 @@ pub struct Timeouts {
     pub tls_handshake: Duration,
     /// How long in-flight exchanges may finish after a shutdown signal (used by runtimes).
     pub drain: Duration,
+    /// A write to the client or the upstream that makes no progress for this long ends the
+    /// exchange (a client that stops reading a large response frees its upstream
+    /// connection). Used by runtimes, which see write progress.
+    pub send: Duration,
+    /// After an early answer (a 413, a refusal, an error before the body was read), the
+    /// longest the connection keeps reading and discarding what the client still sends
+    /// before closing (RFC 9112 §9.6; nginx's `lingering_time`).
+    pub linger: Duration,
+    /// While lingering, the longest wait for the client's next bytes (nginx's
+    /// `lingering_timeout`).
+    pub linger_read: Duration,
 }
 
 impl Default for Timeouts {
@@ -247,6 +262,9 @@ impl Default for Timeouts {
             upstream_response: Duration::from_secs(180),
             tls_handshake: Duration::from_secs(10),
             drain: Duration::from_secs(40),
+            send: Duration::from_secs(60),
+            linger: Duration::from_secs(30),
+            linger_read: Duration::from_secs(5),
         }
     }
 }

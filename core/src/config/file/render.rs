@@ -105,6 +105,7 @@ fn write_config(out: &mut String, c: &Config) -> fmt::Result {
     let l = &c.limits;
     writeln!(out, "\n[limits]")?;
     writeln!(out, "max_body = {}", render_size(l.max_body_bytes))?;
+    writeln!(out, "max_linger = {}", render_size(l.max_linger_bytes))?;
     let sizes = [
         ("max_request_line", l.max_request_line_bytes),
         ("max_head", l.max_head_bytes),
@@ -126,6 +127,9 @@ fn write_config(out: &mut String, c: &Config) -> fmt::Result {
         ("upstream_response", t.upstream_response),
         ("tls_handshake", t.tls_handshake),
         ("drain", t.drain),
+        ("send", t.send),
+        ("linger", t.linger),
+        ("linger_read", t.linger_read),
     ];
     for (key, d) in durations {
         writeln!(out, "{key} = {}", render_duration(d))?;

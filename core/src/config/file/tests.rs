@@ -78,6 +78,7 @@ max_head = 65536
 max_headers = 50
 max_response_head = "1M"
 max_pipelined = "128K"
+max_linger = "1GiB"
 
 [timeouts]
 client_header = "10s"
@@ -87,6 +88,9 @@ upstream_connect = "1500ms"
 upstream_response = "1h"
 tls_handshake = "7s"
 drain = 0
+send = "20s"
+linger = "10s"
+linger_read = "2s"
 
 [forwarding]
 trusted_proxies = ["10.0.0.0/8", "::1"]
@@ -354,6 +358,7 @@ fn every_documented_key_overrides_the_defaults() {
     assert_eq!(l.max_headers, 50);
     assert_eq!(l.max_response_head_bytes, 1 << 20);
     assert_eq!(l.max_pipelined_bytes, 128 << 10);
+    assert_eq!(l.max_linger_bytes, 1 << 30);
 
     let t = &c.timeouts;
     assert_eq!(t.client_header, Duration::from_secs(10));
@@ -363,6 +368,9 @@ fn every_documented_key_overrides_the_defaults() {
     assert_eq!(t.upstream_response, Duration::from_secs(3600));
     assert_eq!(t.tls_handshake, Duration::from_secs(7));
     assert_eq!(t.drain, Duration::ZERO);
+    assert_eq!(t.send, Duration::from_secs(20));
+    assert_eq!(t.linger, Duration::from_secs(10));
+    assert_eq!(t.linger_read, Duration::from_secs(2));
 
     let ip = |s: &str| s.parse::<core::net::IpAddr>().unwrap();
     assert_eq!(c.forwarding.trusted_proxies.len(), 2);
