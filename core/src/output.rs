@@ -140,6 +140,9 @@ pub enum TimerKind {
     UpstreamConnect,
     /// Waiting for the upstream's response (head, or the next body bytes).
     UpstreamResponse,
+    /// Lingering after an early answer: the time is up, or the client sent nothing more
+    /// for a while; the connection closes.
+    ClientLinger,
 }
 
 impl AccessRecord {

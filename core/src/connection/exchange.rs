@@ -265,7 +265,8 @@ impl Connection {
                             None,
                         )
                     });
-                    self.close();
+                    // The client may be sending the body all the same.
+                    self.close_after_answer(now);
                     return;
                 }
                 RequestBodyState::Length { remaining: n }
@@ -410,14 +411,17 @@ impl Connection {
                             break;
                         }
                     };
+                    let data_len = step.data.map_or(0, |(a, b)| (b - a) as u64);
+                    // The whole chunk counts as soon as its size is read: one that alone
+                    // would pass the limit is refused before any of it goes upstream.
+                    if *total + data_len + decoder.announced_unread() > max_body {
+                        failure = Some(Failure::BodyTooLarge);
+                        break;
+                    }
                     let used = self.rx.split_to(step.consumed).freeze();
                     if let Some((a, b)) = step.data {
                         *total += (b - a) as u64;
                         ex.body_bytes_in += (b - a) as u64;
-                        if *total > max_body {
-                            failure = Some(Failure::BodyTooLarge);
-                            break;
-                        }
                         self.outputs
                             .push_back(Output::ToUpstream(chunk_header(b - a)));
                         self.outputs.push_back(Output::ToUpstream(used.slice(a..b)));
@@ -489,6 +493,8 @@ impl Connection {
             .balancer
             .exchange_finished(ex.backend);
         let close = ex.close_after;
+        // Request bytes may still be on their way: the body was not read to its end.
+        let unread = !ex.request_done();
         let stats = ExchangeStats::new(
             self.listener as ListenerId,
             Some(ex.pool),
@@ -497,7 +503,9 @@ impl Connection {
         );
         self.push_log(stats, |c| c.exchange_record(now));
         // The exchange's timers end with it (the state changes below).
-        if close {
+        if close && (unread || !self.rx.is_empty()) {
+            self.close_after_answer(now);
+        } else if close {
             self.close();
         } else {
             self.next_request(now);

@@ -7,7 +7,7 @@ impl Connection {
     pub(super) fn progress(&mut self, now: Instant) {
         loop {
             match &mut self.state {
-                State::Closed => return,
+                State::Closed | State::Lingering { .. } => return,
                 State::Tunnel => {
                     if !self.rx.is_empty() {
                         let bytes = self.rx.split().freeze();
@@ -67,8 +67,18 @@ impl Connection {
         let State::Head { scanned, .. } = &mut self.state else {
             return false;
         };
+        let had_first_line = scanned.first_line_done();
         let scan = scan_head(&self.rx, scanned, scan_limits);
         match scan {
+            Ok(HeadScan::Partial)
+                if !had_first_line
+                    && scanned.first_line_done()
+                    && request_line_lacks_version(&self.rx) =>
+            {
+                // Refused now rather than after the header timeout.
+                self.reject(Reject::NoHttpVersion, None, started, now);
+                true
+            }
             Ok(HeadScan::Partial) => {
                 self.arm_head_timer();
                 false
@@ -167,7 +177,8 @@ impl Connection {
             referer: Bytes::new(),
             started,
         });
-        self.close();
+        // The rest of the request (or the head itself) may still be arriving.
+        self.close_after_answer(now);
     }
 
     pub(super) fn start_exchange(&mut self, head: RequestHead, started: Instant, now: Instant) {
@@ -259,7 +270,10 @@ impl Connection {
         }
         let mut head = head;
         scratch(&mut self.scratch).request_headers = head.take_header_storage();
-        if close {
+        if has_body || (close && !self.rx.is_empty()) {
+            // The body was never read (nor is it forwarded): it may still be arriving.
+            self.close_after_answer(now);
+        } else if close {
             self.close();
         } else {
             self.next_request(now);

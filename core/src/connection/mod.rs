@@ -17,7 +17,10 @@ use crate::answer::{self, AnswerCtx};
 use crate::config::{AccessLogFormat, Config, ListenerId, PoolId};
 use crate::forwarded::{self, identify, ClientIdentity, RequestId, RequestIds};
 use crate::http1::chunked::{chunk_header, ChunkedDecoder, CHUNK_END, LAST_CHUNK};
-use crate::http1::lines::{head_start, scan_head, strict_lines, HeadScan, ScanLimits, ScanState};
+use crate::http1::lines::{
+    head_start, request_line_lacks_version, scan_head, strict_lines, HeadScan, ScanLimits,
+    ScanState,
+};
 use crate::http1::reject::Reject;
 use crate::http1::request::{self, RawHeader, RequestBody, RequestHead, Version};
 use crate::http1::response::{self, ResponseBody, ResponseHead, MAX_RESPONSE_HEADERS};
@@ -135,6 +138,13 @@ enum State {
     Exchange(Box<Exchange>),
     /// After `101 Switching Protocols`: bytes pass both ways untouched.
     Tunnel,
+    /// After an early answer (see [`Connection::close_after_answer`]): the write side is
+    /// shut, and what the client still sends is read and thrown away until it closes, goes
+    /// quiet, or the time or byte budget runs out (RFC 9112 §9.6).
+    Lingering {
+        until: Instant,
+        discarded: u64,
+    },
     Closed,
 }
 
@@ -179,11 +189,24 @@ impl Connection {
         if data.is_empty() || self.client_eof {
             return;
         }
-        match self.state {
+        match &mut self.state {
             State::Closed => {}
             State::Tunnel => self
                 .outputs
                 .push_back(Output::ToUpstream(Bytes::copy_from_slice(data))),
+            State::Lingering { until, discarded } => {
+                *discarded = discarded.saturating_add(data.len() as u64);
+                if self.outputs.is_empty() {
+                    // Nothing more is written: the queue's storage can go.
+                    self.outputs = VecDeque::new();
+                }
+                if *discarded > self.config.limits.max_linger_bytes {
+                    self.close();
+                } else {
+                    let at = (*until).min(now + self.config.timeouts.linger_read);
+                    self.client_timer.set(TimerKind::ClientLinger, at);
+                }
+            }
             _ => {
                 self.rx.extend_from_slice(data);
                 self.progress(now);
@@ -199,7 +222,7 @@ impl Connection {
         self.client_eof = true;
         match &mut self.state {
             State::Closed => {}
-            State::Head { .. } => self.close(),
+            State::Head { .. } | State::Lingering { .. } => self.close(),
             State::Tunnel => {
                 self.outputs
                     .push_back(Output::ReleaseUpstream { reusable: false });
@@ -255,6 +278,7 @@ impl Connection {
                     }
                 }
                 TimerKind::ClientBody => self.fail(now, Failure::ClientBodyTimeout),
+                TimerKind::ClientLinger => self.close(),
                 TimerKind::UpstreamConnect | TimerKind::UpstreamResponse => {
                     self.fail(now, Failure::UpstreamTimeout)
                 }
@@ -267,6 +291,8 @@ impl Connection {
         self.shutting_down = true;
         match &mut self.state {
             State::Head { .. } if self.rx.is_empty() => self.close(),
+            // Draining should not wait for a client still sending a refused body.
+            State::Lingering { .. } => self.close(),
             State::Exchange(ex) => ex.close_after = true,
             _ => {}
         }
@@ -290,7 +316,7 @@ impl Connection {
     /// Lends buffers for the next exchange, before feeding it data. Gives them back when
     /// this connection has its own already or is closed.
     pub fn lend_buffers(&mut self, buffers: ExchangeBuffers) -> Option<ExchangeBuffers> {
-        if self.scratch.is_some() || matches!(self.state, State::Closed) {
+        if self.scratch.is_some() || matches!(self.state, State::Closed | State::Lingering { .. }) {
             return Some(buffers);
         }
         let mut scratch = buffers.0;
@@ -329,7 +355,7 @@ impl Connection {
         }
         match &self.state {
             State::Closed => false,
-            State::Tunnel => true,
+            State::Tunnel | State::Lingering { .. } => true,
             State::Head { .. } => true,
             State::Exchange(ex) => {
                 if ex.request_done() {
@@ -410,7 +436,9 @@ impl Connection {
 
     fn stop_timer(&mut self, kind: TimerKind) {
         match (kind, &mut self.state) {
-            (TimerKind::ClientHeader | TimerKind::ClientIdle, _) => self.client_timer.stop(kind),
+            (TimerKind::ClientHeader | TimerKind::ClientIdle | TimerKind::ClientLinger, _) => {
+                self.client_timer.stop(kind)
+            }
             (TimerKind::ClientBody, State::Exchange(ex)) => ex.timers.body.stop(kind),
             (TimerKind::UpstreamConnect | TimerKind::UpstreamResponse, State::Exchange(ex)) => {
                 ex.timers.upstream.stop(kind)
@@ -421,13 +449,42 @@ impl Connection {
     }
 
     fn close(&mut self) {
-        if !matches!(self.state, State::Closed) {
-            self.state = State::Closed;
-            self.client_timer.clear();
-            self.rx = BytesMut::new();
-            self.scratch = None;
-            self.outputs.push_back(Output::CloseClient);
+        match self.state {
+            State::Closed => {}
+            // The write side is shut already.
+            State::Lingering { .. } => {
+                self.state = State::Closed;
+                self.client_timer.clear();
+            }
+            _ => {
+                self.state = State::Closed;
+                self.client_timer.clear();
+                self.rx = BytesMut::new();
+                self.scratch = None;
+                self.outputs.push_back(Output::CloseClient);
+            }
         }
+    }
+
+    /// Closes after an answer sent while the client may still be sending (its body, or
+    /// more requests): the write side is shut at once, but the connection keeps reading
+    /// and discarding for a while, so that the kernel does not answer those bytes with a
+    /// reset that destroys the answer before the client reads it (RFC 9112 §9.6). A client
+    /// that writes its whole upload before reading thus gets the 413, not a broken pipe.
+    fn close_after_answer(&mut self, now: Instant) {
+        let linger = self.config.timeouts.linger;
+        if self.client_eof || self.shutting_down || linger.is_zero() {
+            return self.close();
+        }
+        if matches!(self.state, State::Closed | State::Lingering { .. }) {
+            return;
+        }
+        let until = now + linger;
+        let discarded = self.rx.len() as u64;
+        self.close();
+        self.state = State::Lingering { until, discarded };
+        let at = until.min(now + self.config.timeouts.linger_read);
+        self.client_timer.set(TimerKind::ClientLinger, at);
     }
 
     /// Whether an idle connection still holds buffers to give back.

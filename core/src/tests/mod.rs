@@ -2,7 +2,9 @@
 
 mod connection;
 mod harness;
+mod linger;
 mod properties;
+mod rfc9112;
 mod table;
 mod workers;
 
