@@ -45,6 +45,10 @@ enum Message {
         backend: usize,
         ok: bool,
     },
+    Answer {
+        pool: PoolId,
+        backend: usize,
+    },
     Probe {
         pool: PoolId,
         backend: usize,
@@ -118,6 +122,12 @@ impl HealthReporter {
             backend,
             ok: false,
         });
+    }
+
+    /// An answer from `backend` of `pool` could not be passed on (the engine's
+    /// `UpstreamFault`): it counts toward passive ejection like a failed connect.
+    pub fn answer_failed(&self, pool: PoolId, backend: usize) {
+        self.send(Message::Answer { pool, backend });
     }
 
     fn send(&self, message: Message) {
@@ -296,6 +306,13 @@ impl HealthThread {
                         } else {
                             w.health.connect_failed(backend, now);
                         }
+                        w.drain_events();
+                    }
+                }
+                Message::Answer { pool, backend } => {
+                    if let Some(i) = Watched::position(&self.pools, pool) {
+                        let w = &mut self.pools[i];
+                        w.health.answer_failed(backend, now);
                         w.drain_events();
                     }
                 }

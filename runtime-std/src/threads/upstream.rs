@@ -27,7 +27,7 @@ pub(crate) struct Upstreams {
     pools: Vec<PoolState>,
     /// `timeouts.upstream_connect`, shared out among the addresses of a backend.
     connect_timeout: Duration,
-    /// A write to the upstream must make progress within `timeouts.upstream_response`.
+    /// A write to the upstream must make progress within `timeouts.send`.
     write_timeout: Duration,
     /// Connect outcomes per backend, for passive ejection.
     health: HealthReporter,
@@ -45,9 +45,14 @@ impl Upstreams {
                 })
                 .collect(),
             connect_timeout: config.timeouts.upstream_connect,
-            write_timeout: config.timeouts.upstream_response,
+            write_timeout: config.timeouts.send,
             health,
         }
+    }
+
+    /// Where connect outcomes and broken answers are reported (passive ejection).
+    pub(crate) fn health(&self) -> &HealthReporter {
+        &self.health
     }
 
     /// A blocking connection to `backend` of `pool`, the others being tried after it as
