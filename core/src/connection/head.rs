@@ -30,6 +30,26 @@ impl Connection {
                     self.pump_request_body(now);
                     return;
                 }
+                State::Discarding { remaining } => {
+                    if self.rx.is_empty() {
+                        if self.client_eof || self.shutting_down {
+                            self.close();
+                        }
+                        return;
+                    }
+                    let take = (*remaining).min(self.rx.len() as u64);
+                    *remaining -= take;
+                    let _ = self.rx.split_to(take as usize);
+                    if *remaining > 0 {
+                        self.client_timer.set(
+                            TimerKind::ClientBody,
+                            now + self.config.timeouts.client_body,
+                        );
+                        return;
+                    }
+                    self.next_request(now);
+                    return;
+                }
             }
         }
     }
@@ -205,7 +225,17 @@ impl Connection {
         };
         let config = Arc::clone(&self.config);
         let has_body = !matches!(head.body, RequestBody::None | RequestBody::Length(0));
-        let close = head.close || self.shutting_down || self.client_eof || has_body;
+        let closing = head.close || self.shutting_down || self.client_eof;
+        // A small body of known length is read and thrown away after the answer, keeping the
+        // connection; a large or chunked one (or one the client may not send at all, after
+        // `Expect: 100-continue` got a final answer) closes it, lingering.
+        let discard = match head.body {
+            RequestBody::Length(n) if n > 0 && !closing && !head.expect_continue => {
+                (n <= self.config.limits.max_pipelined_bytes as u64).then_some(n)
+            }
+            _ => None,
+        };
+        let close = closing || (has_body && discard.is_none());
         let id_header = config.forwarding.request_id_header.as_str();
         let ctx = AnswerCtx {
             close,
@@ -270,7 +300,9 @@ impl Connection {
         }
         let mut head = head;
         scratch(&mut self.scratch).request_headers = head.take_header_storage();
-        if has_body || (close && !self.rx.is_empty()) {
+        if let Some(remaining) = discard {
+            self.discard_body(remaining, now);
+        } else if has_body || (close && !self.rx.is_empty()) {
             // The body was never read (nor is it forwarded): it may still be arriving.
             self.close_after_answer(now);
         } else if close {
@@ -278,6 +310,18 @@ impl Connection {
         } else {
             self.next_request(now);
         }
+    }
+
+    /// Reads and drops the `remaining` body bytes of a request mxgate answered itself, then
+    /// goes on with the next request on the same connection.
+    pub(super) fn discard_body(&mut self, remaining: u64, now: Instant) {
+        self.client_timer.clear();
+        self.client_timer.set(
+            TimerKind::ClientBody,
+            now + self.config.timeouts.client_body,
+        );
+        self.state = State::Discarding { remaining };
+        self.progress(now);
     }
 
     /// With virtual hosts configured, a forwarded request for another host goes to the

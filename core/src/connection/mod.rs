@@ -136,6 +136,11 @@ enum State {
         receiving: bool,
     },
     Exchange(Box<Exchange>),
+    /// A request mxgate answered itself had a small body of known length: its `remaining`
+    /// bytes are read and dropped, then the next request is read.
+    Discarding {
+        remaining: u64,
+    },
     /// After `101 Switching Protocols`: bytes pass both ways untouched.
     Tunnel,
     /// After an early answer (see [`Connection::close_after_answer`]): the write side is
@@ -222,7 +227,7 @@ impl Connection {
         self.client_eof = true;
         match &mut self.state {
             State::Closed => {}
-            State::Head { .. } | State::Lingering { .. } => self.close(),
+            State::Head { .. } | State::Lingering { .. } | State::Discarding { .. } => self.close(),
             State::Tunnel => {
                 self.outputs
                     .push_back(Output::ReleaseUpstream { reusable: false });
@@ -276,6 +281,9 @@ impl Connection {
                             self.close();
                         }
                     }
+                }
+                TimerKind::ClientBody if matches!(self.state, State::Discarding { .. }) => {
+                    self.close()
                 }
                 TimerKind::ClientBody => self.fail(now, Failure::ClientBodyTimeout),
                 TimerKind::ClientLinger => self.close(),
@@ -356,7 +364,7 @@ impl Connection {
         match &self.state {
             State::Closed => false,
             State::Tunnel | State::Lingering { .. } => true,
-            State::Head { .. } => true,
+            State::Head { .. } | State::Discarding { .. } => true,
             State::Exchange(ex) => {
                 if ex.request_done() {
                     self.rx.len() < self.config.limits.max_pipelined_bytes
@@ -440,6 +448,7 @@ impl Connection {
                 self.client_timer.stop(kind)
             }
             (TimerKind::ClientBody, State::Exchange(ex)) => ex.timers.body.stop(kind),
+            (TimerKind::ClientBody, State::Discarding { .. }) => self.client_timer.stop(kind),
             (TimerKind::UpstreamConnect | TimerKind::UpstreamResponse, State::Exchange(ex)) => {
                 ex.timers.upstream.stop(kind)
             }

@@ -157,3 +157,56 @@ fn a_client_that_already_closed_is_not_lingered_on() {
         .client_eof();
     assert!(h.conn.is_closed());
 }
+
+#[test]
+fn a_small_body_of_a_request_answered_locally_is_dropped_and_the_connection_kept() {
+    let mut h = Harness::new(CLIENT_HTTPS, "203.0.113.5");
+    // The admin API is closed to this client: answered 404 by mxgate, body never forwarded.
+    h.client(b"POST /_synapse/admin/v1/register HTTP/1.1\r\nHost: a\r\nContent-Length: 20\r\n\r\n0123456789");
+    let resp = h.take_client();
+    assert_eq!(status(&resp), 404);
+    assert_eq!(header(&resp, "connection"), None, "kept alive: {resp}");
+    assert!(!h.client_closed);
+    // The rest of the body, then the next request, in one read.
+    h.client(b"abcdefghijGET /_matrix/a HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(
+        h.connects.len(),
+        1,
+        "the next request was read after the body"
+    );
+    h.connected(false).upstream(OK_RESPONSE);
+    assert_eq!(status(&h.take_client()), 200);
+    assert!(
+        h.upstream_text().starts_with("GET /_matrix/a "),
+        "nothing of the body went upstream: {}",
+        h.upstream_text()
+    );
+}
+
+#[test]
+fn a_dropped_body_that_stalls_closes_the_connection() {
+    let mut h = Harness::new(CLIENT_HTTPS, "203.0.113.5");
+    h.client(b"POST /_synapse/admin/v1/x HTTP/1.1\r\nHost: a\r\nContent-Length: 20\r\n\r\n0123");
+    assert_eq!(status(&h.take_client()), 404);
+    h.advance(Duration::from_secs(59));
+    assert!(!h.conn.is_closed());
+    h.advance(Duration::from_secs(1));
+    assert!(h.conn.is_closed(), "the body timeout applies");
+}
+
+#[test]
+fn large_chunked_or_expect_continue_bodies_of_local_answers_close_lingering() {
+    for raw in [
+        &b"POST /_synapse/admin/v1/x HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n"[..],
+        b"POST /_synapse/admin/v1/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST /_synapse/admin/v1/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    ] {
+        let mut h = Harness::new(CLIENT_HTTPS, "203.0.113.5");
+        h.client(raw);
+        let resp = h.take_client();
+        assert_eq!(status(&resp), 404);
+        assert_eq!(header(&resp, "connection"), Some("close"), "{resp}");
+        assert!(h.client_closed);
+        assert!(!h.conn.is_closed(), "lingering");
+    }
+}
