@@ -9,6 +9,7 @@
 //! | `/_matrix/test/chunked` | 200 chunked, [`CHUNKS`] sent one by one 30 ms apart |
 //! | `/_matrix/test/slow?ms=N` | the default answer after N ms |
 //! | `/_matrix/test/silent` | nothing, ever (the connection stays open) |
+//! | `/_matrix/test/deaf` | nothing, and the body is never read (the connection stays open) |
 //! | `/_matrix/test/big?bytes=N` | 200 with N bytes of [`big_body`], `Content-Length` |
 //! | `/_matrix/test/cut` | `Content-Length: 100000`, 1000 bytes, then close |
 //! | `/_matrix/test/echo-body` | `{"len":N,"sha256":"…"}` of the body it read (CL or chunked) |
@@ -292,6 +293,13 @@ fn serve(mut stream: TcpStream, conn: usize, shared: &Shared) {
             shared.changed.notify_all();
             st.requests.len() - 1
         };
+        if head.path() == "/_matrix/test/deaf" {
+            // Reads nothing more and answers nothing: a sender's writes stall. Held until
+            // the origin stops (bounded: five minutes, longer than any client waits).
+            let until = Instant::now() + Duration::from_secs(300);
+            while Instant::now() < until && nap(Duration::from_millis(100), shared) {}
+            return;
+        }
         // Body.
         let framing = head.framing().unwrap_or(BodyFraming::None);
         let complete = read_body(&mut stream, &mut buf, framing, conn, index, shared);

@@ -110,6 +110,25 @@ impl ProxyConfig {
         }
     }
 
+    /// One plain client listener in front of `homeserver` (a URL), with the PKI's default
+    /// certificate; all else default. For scenarios that add worker pools.
+    pub fn plain_client(homeserver: String, pki: &Pki) -> ProxyConfig {
+        ProxyConfig {
+            server_name: "localhost".into(),
+            public_url: None,
+            homeserver,
+            tls: Some((pki.server.cert.clone(), pki.server.key.clone())),
+            sni: Vec::new(),
+            listeners: vec![ListenerSpec {
+                role: Role::Client,
+                tls: false,
+            }],
+            top: Vec::new(),
+            sections: Vec::new(),
+            listener_lines: Vec::new(),
+        }
+    }
+
     /// Adds a `key = value` line to listener `index` (e.g. `proxy_protocol = true`).
     pub fn listener_line(mut self, index: usize, line: &str) -> ProxyConfig {
         self.listener_lines.push((index, line.to_string()));

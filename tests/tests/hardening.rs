@@ -156,6 +156,35 @@ fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
     });
 }
 
+/// The other side: an upstream that stops reading the request body does not hold the
+/// exchange forever either. After `timeouts.send` without progress the exchange fails with
+/// 502, and a client that writes its whole body first still reads it (lingering close).
+#[test]
+fn an_upstream_that_stops_reading_the_body_fails_the_exchange_after_the_send_timeout() {
+    // More than the origin's and mxgate's kernel buffers can take (32 + 4 MiB at most here).
+    let body = big_body(48 * MIB);
+    each_runtime(|rt| {
+        let s = Scene::with(rt, |c| c.section("timeouts", "send = \"2s\""));
+        for (role, tls) in CLIENT_LISTENERS {
+            let mut c = s.connect(role, tls);
+            c.timeout = Duration::from_secs(60);
+            let mut req = request(
+                "POST",
+                "/_matrix/test/deaf",
+                "localhost",
+                &[&format!("Content-Length: {}", body.len())],
+            );
+            req.extend_from_slice(&body);
+            // The origin holds the connection for minutes: without the send timeout no
+            // answer would come within the client's minute.
+            let res = c
+                .request(&req)
+                .unwrap_or_else(|e| panic!("tls={tls}: no answer: {e:?}"));
+            assert_eq!(res.status, 502, "tls={tls}: {res:?}");
+        }
+    });
+}
+
 /// The resident set of a process, in KiB.
 fn rss_kib(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
@@ -308,21 +337,7 @@ fn a_backend_answering_garbage_is_ejected_by_its_answers() {
         let good = NamedOrigin::start("good");
         let bad = GarbageOrigin::start();
         let pki = Pki::new();
-        let config = ProxyConfig {
-            server_name: "localhost".into(),
-            public_url: None,
-            homeserver: main.url(),
-            tls: Some((pki.server.cert.clone(), pki.server.key.clone())),
-            sni: Vec::new(),
-            listeners: vec![ListenerSpec {
-                role: Role::Client,
-                tls: false,
-            }],
-            top: Vec::new(),
-            sections: Vec::new(),
-            listener_lines: Vec::new(),
-        }
-        .section(
+        let config = ProxyConfig::plain_client(main.url(), &pki).section(
             "workers.client_reader",
             &format!(
                 "backends = [\"{}\", \"http://{}\"]\neject_for = \"60s\"",

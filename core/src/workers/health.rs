@@ -370,33 +370,18 @@ impl PoolHealth {
 
     /// A connection attempt to the backend failed (refused, unreachable, timed out).
     pub fn connect_failed(&mut self, backend: usize, now: Instant) {
-        let (after, duration) = (self.config.eject_after, self.config.eject_for);
         let Some(b) = self.backends.get_mut(backend) else {
             return;
         };
         b.connect_fails = b.connect_fails.saturating_add(1);
-        let failures = b.connect_fails.saturating_add(b.answer_fails);
-        match b.breaker {
-            Breaker::Closed if after > 0 && failures >= after => {
-                b.breaker = Breaker::Open {
-                    until: now + duration,
-                };
-            }
-            Breaker::HalfOpen { .. } => {
-                b.breaker = Breaker::Open {
-                    until: now + duration,
-                };
-            }
-            _ => {}
-        }
-        self.publish(backend);
+        self.count_failure(backend, now);
     }
 
     /// An answer from the backend could not be passed on (a broken head or body, an unasked
     /// `101`, a close mid-response): counted toward ejection like a failed connect. Faults
     /// further apart than `eject_for` do not add up.
     pub fn answer_failed(&mut self, backend: usize, now: Instant) {
-        let (after, duration) = (self.config.eject_after, self.config.eject_for);
+        let duration = self.config.eject_for;
         let Some(b) = self.backends.get_mut(backend) else {
             return;
         };
@@ -407,19 +392,26 @@ impl PoolHealth {
         }
         b.last_answer_fault = Some(now);
         b.answer_fails = b.answer_fails.saturating_add(1);
+        self.count_failure(backend, now);
+    }
+
+    /// After a failure was counted: the breaker opens once connect and answer failures
+    /// reach `eject_after`, or at once when it failed its half-open trial.
+    fn count_failure(&mut self, backend: usize, now: Instant) {
+        let (after, duration) = (self.config.eject_after, self.config.eject_for);
+        let Some(b) = self.backends.get_mut(backend) else {
+            return;
+        };
         let failures = b.connect_fails.saturating_add(b.answer_fails);
-        match b.breaker {
-            Breaker::Closed if after > 0 && failures >= after => {
-                b.breaker = Breaker::Open {
-                    until: now + duration,
-                };
-            }
-            Breaker::HalfOpen { .. } => {
-                b.breaker = Breaker::Open {
-                    until: now + duration,
-                };
-            }
-            _ => {}
+        let open = match b.breaker {
+            Breaker::Closed => after > 0 && failures >= after,
+            Breaker::HalfOpen { .. } => true,
+            Breaker::Open { .. } => false,
+        };
+        if open {
+            b.breaker = Breaker::Open {
+                until: now + duration,
+            };
         }
         self.publish(backend);
     }
