@@ -488,3 +488,68 @@ pub fn nobody() -> Result<(u32, u32), String> {
 fn env_path(name: &str) -> Option<OsString> {
     env::var_os(name).filter(|v| !v.is_empty())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn cached_builds_once_and_reuses_while_the_marker_matches() {
+        let parent = tempfile::tempdir().expect("temp dir");
+        let builds = Cell::new(0);
+        let build = |tmp: &Path| {
+            builds.set(builds.get() + 1);
+            fs::write(tmp.join("payload"), "v1").map_err(|e| e.to_string())
+        };
+        let dir = cached(parent.path(), "thing", "want v1\n", build).expect("first build");
+        assert_eq!(dir, parent.path().join("thing"));
+        assert_eq!(fs::read_to_string(dir.join("payload")).unwrap(), "v1");
+        cached(parent.path(), "thing", "want v1\n", build).expect("reuse");
+        assert_eq!(builds.get(), 1, "a matching marker must not rebuild");
+        // Other pins: rebuilt, and the old content is gone.
+        let dir = cached(parent.path(), "thing", "want v2\n", |tmp: &Path| {
+            builds.set(builds.get() + 1);
+            fs::write(tmp.join("other"), "v2").map_err(|e| e.to_string())
+        })
+        .expect("rebuild");
+        assert_eq!(builds.get(), 2);
+        assert!(!dir.join("payload").exists());
+        assert_eq!(fs::read_to_string(dir.join("other")).unwrap(), "v2");
+    }
+
+    #[test]
+    fn a_failed_build_leaves_neither_a_half_entry_nor_temp_files() {
+        let parent = tempfile::tempdir().expect("temp dir");
+        let err = cached(parent.path(), "thing", "want\n", |tmp: &Path| {
+            fs::write(tmp.join("half"), "x").map_err(|e| e.to_string())?;
+            Err("download failed".to_owned())
+        })
+        .expect_err("the build failed");
+        assert_eq!(err, "download failed");
+        let left: Vec<String> = fs::read_dir(parent.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".lock"))
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        // The next attempt builds afresh.
+        let dir = cached(parent.path(), "thing", "want\n", |tmp: &Path| {
+            fs::write(tmp.join("whole"), "y").map_err(|e| e.to_string())
+        })
+        .expect("second attempt");
+        assert!(dir.join("whole").is_file() && !dir.join("half").exists());
+    }
+
+    #[test]
+    fn lib_dirs_lists_the_directories_that_hold_shared_libraries() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let triplet = root.path().join("usr/lib/x86_64-linux-gnu");
+        fs::create_dir_all(&triplet).unwrap();
+        fs::write(triplet.join("liblua5.3.so.0"), "").unwrap();
+        fs::create_dir_all(root.path().join("usr/lib/tmpfiles.d")).unwrap();
+        fs::write(root.path().join("usr/lib/tmpfiles.d/haproxy.conf"), "").unwrap();
+        assert_eq!(lib_dirs(root.path()), vec![triplet]);
+    }
+}
