@@ -72,7 +72,8 @@ pub fn haproxy() -> Tool {
     debian_tool("haproxy", "haproxy", &["-v"]).unwrap_or_else(|e| {
         panic!(
             "haproxy is needed by this test and could not be provisioned: {e}\n\
-             Fix: apt-get install -y haproxy"
+             Fix: apt-get install -y haproxy (on other systems: install HAProxy so that \
+             `haproxy` is on PATH)"
         )
     })
 }
