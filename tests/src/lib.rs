@@ -29,6 +29,7 @@
 //! });
 //! ```
 
+pub mod acme;
 pub mod client;
 pub mod http;
 pub mod origin;
