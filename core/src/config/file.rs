@@ -2,15 +2,13 @@
 //! validation with errors that name file, line, column and key, and rendering the
 //! effective configuration back (`mxgate check`).
 //!
-//! The short form is five lines:
+//! The short form is three lines (with `[tls] cert` and `key` for certificate files;
+//! without them the runtime gets certificates by ACME, see [`super::AcmeSettings`]):
 //!
 //! ```toml
 //! server_name = "example.com"
 //! public_url  = "https://matrix.example.com"
 //! homeserver  = "http://127.0.0.1:8008"
-//! [tls]
-//! cert = "/etc/mxgate/fullchain.pem"
-//! key  = "/etc/mxgate/privkey.pem"
 //! ```
 //!
 //! From it come a `homeserver` pool, a client listener on `[::]:443` (`/_matrix`,
