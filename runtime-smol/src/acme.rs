@@ -232,6 +232,9 @@ fn install(
     };
     let path = AcmeStore::for_settings(settings).certificate_path(&settings.names);
     match acme_store::parse_stored(&path, &pem, &tls::provider()) {
+        Ok(stored) if stored.not_after <= unix_now() => {
+            tracing::warn!(names = %settings.names.join(", "), "the stored certificate has expired: not served");
+        }
         Ok(stored) => {
             certs.install(stored.key.clone());
             for name in &settings.names {
