@@ -30,10 +30,14 @@ use smol::{future, Timer};
 /// Longest wait between two failed orders (the crate's own back-off grows to 2^16 s).
 const MAX_BACKOFF_EXPONENT: u32 = 16;
 
+/// Failed orders in a row after which the next listed challenge kind is tried.
+const SWITCH_KIND_AFTER: u32 = 3;
+
 /// A prepared ACME client, not running yet.
 pub(crate) struct Acme {
     settings: AcmeSettings,
-    state: AcmeState<io::Error, io::Error>,
+    /// For the ACME server's HTTPS with `ca_root`; `None`: the Web PKI roots.
+    client: Option<Arc<ClientConfig>>,
     latest: Arc<Mutex<Option<Vec<u8>>>>,
     certs: Arc<Certificates>,
 }
@@ -57,11 +61,7 @@ pub(crate) fn prepare(settings: &AcmeSettings, certs: &Arc<Certificates>) -> any
             tracing::warn!(error = %err, "the stored certificate is unusable: ordering a new one")
         }
     }
-    let challenge = match settings.challenges.first() {
-        Some(AcmeChallenge::Http01) => UseChallenge::Http01,
-        _ => UseChallenge::TlsAlpn01,
-    };
-    let base = match &settings.ca_root {
+    let client = match &settings.ca_root {
         Some(path) => {
             let mut roots = RootCertStore::empty();
             let file = std::fs::File::open(path)
@@ -78,55 +78,76 @@ pub(crate) fn prepare(settings: &AcmeSettings, certs: &Arc<Certificates>) -> any
                     path.display()
                 );
             }
-            let client = ClientConfig::builder_with_provider(provider.clone())
+            let client = ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
                 .context("ACME client TLS")?
                 .with_root_certificates(roots)
                 .with_no_client_auth();
-            AcmeConfig::new_with_client_config(settings.names.clone(), Arc::new(client))
+            Some(Arc::new(client))
         }
-        // The Web PKI roots (webpki-roots), as for any public ACME server.
-        None => AcmeConfig::new_with_provider(settings.names.clone(), provider.clone()),
+        None => None,
     };
-    let latest = Arc::new(Mutex::new(None));
-    let mut config = base
-        .directory(&settings.directory)
-        .challenge_type(challenge);
-    if let Some(email) = &settings.email {
-        config = config.contact_push(format!("mailto:{email}"));
-    }
-    let state = config
-        .cache(DiskCache {
-            store: AcmeStore::for_settings(settings),
-            names: settings.names.clone(),
-            latest: latest.clone(),
-        })
-        .state();
-    let resolver = state.resolver();
-    certs.set_challenge_resolver(resolver.clone());
-    settings.http01.install(Arc::new(Http01(resolver)));
     Ok(Acme {
         settings: settings.clone(),
-        state,
-        latest,
+        client,
+        latest: Arc::new(Mutex::new(None)),
         certs: certs.clone(),
     })
 }
 
 impl Acme {
-    /// Drives orders and renewals until shutdown begins.
+    /// A client answering `kind` challenges, its resolvers installed where handshakes and
+    /// the engine's plain listeners look (replacing a previous client's). It starts by
+    /// loading the stored account and certificate.
+    fn state(&self, kind: AcmeChallenge) -> AcmeState<io::Error, io::Error> {
+        let settings = &self.settings;
+        let base = match &self.client {
+            Some(client) => {
+                AcmeConfig::new_with_client_config(settings.names.clone(), client.clone())
+            }
+            // The Web PKI roots (webpki-roots), as for any public ACME server.
+            None => AcmeConfig::new_with_provider(settings.names.clone(), tls::provider()),
+        };
+        let mut config = base
+            .directory(&settings.directory)
+            .challenge_type(match kind {
+                AcmeChallenge::Http01 => UseChallenge::Http01,
+                AcmeChallenge::TlsAlpn01 => UseChallenge::TlsAlpn01,
+            });
+        if let Some(email) = &settings.email {
+            config = config.contact_push(format!("mailto:{email}"));
+        }
+        let state = config
+            .cache(DiskCache {
+                store: AcmeStore::for_settings(settings),
+                names: settings.names.clone(),
+                latest: self.latest.clone(),
+            })
+            .state();
+        let resolver = state.resolver();
+        self.certs.set_challenge_resolver(resolver.clone());
+        settings.http01.install(Arc::new(Http01(resolver)));
+        state
+    }
+
+    /// Drives orders and renewals until shutdown begins. After [`SWITCH_KIND_AFTER`]
+    /// failed orders in a row it starts over with the next listed challenge kind.
     pub(crate) async fn run(self, metrics: &Metrics, shutdown: Receiver<()>) {
+        let kinds = if self.settings.challenges.is_empty() {
+            vec![AcmeChallenge::TlsAlpn01]
+        } else {
+            self.settings.challenges.clone()
+        };
+        let mut kind = 0;
+        let mut state = self.state(kinds[kind]);
         let Acme {
             settings,
-            mut state,
             latest,
             certs,
-        } = self;
+            ..
+        } = &self;
         let names = settings.names.join(", ");
-        let challenge = settings
-            .challenges
-            .first()
-            .map_or("tls-alpn-01", |c| c.as_str());
+        let mut challenge = kinds[kind].as_str();
         if certs.has_default() {
             tracing::info!(names = %names, "certificate by ACME: renewal runs in the background");
         } else {
@@ -138,6 +159,7 @@ impl Acme {
             );
         }
         let mut failures: u32 = 0;
+        let mut failures_with_kind: u32 = 0;
         loop {
             let event = future::or(async { state.next().await }, async {
                 let _ = shutdown.recv().await;
@@ -148,9 +170,11 @@ impl Acme {
                 return;
             };
             match event {
-                Ok(EventOk::DeployedCachedCert) | Ok(EventOk::CertCacheStore) => {
+                Ok(EventOk::DeployedCachedCert) => install(settings, certs, latest, metrics),
+                Ok(EventOk::CertCacheStore) => {
                     failures = 0;
-                    install(&settings, &certs, &latest, metrics);
+                    failures_with_kind = 0;
+                    install(settings, certs, latest, metrics);
                 }
                 Ok(EventOk::DeployedNewCert) => {
                     tracing::info!(names = %names, "certificate obtained by ACME");
@@ -160,7 +184,9 @@ impl Acme {
                 }
                 Err(EventError::CertCacheStore(err)) => {
                     tracing::error!(names = %names, error = %err, "cannot store the new certificate in the state directory; serving it anyway");
-                    install(&settings, &certs, &latest, metrics);
+                    failures = 0;
+                    failures_with_kind = 0;
+                    install(settings, certs, latest, metrics);
                 }
                 Err(EventError::AccountCacheStore(err)) => {
                     tracing::error!(names = %names, error = %err, "cannot store the ACME account key in the state directory");
@@ -193,6 +219,18 @@ impl Acme {
                     .await;
                     if stop {
                         return;
+                    }
+                    failures_with_kind += 1;
+                    if failures_with_kind >= SWITCH_KIND_AFTER && kinds.len() > 1 {
+                        kind = (kind + 1) % kinds.len();
+                        failures_with_kind = 0;
+                        tracing::warn!(
+                            names = %names,
+                            "{SWITCH_KIND_AFTER} failed ACME orders with {challenge}: trying {}",
+                            kinds[kind].as_str()
+                        );
+                        challenge = kinds[kind].as_str();
+                        state = self.state(kinds[kind]);
                     }
                 }
                 Err(err) => {

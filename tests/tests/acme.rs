@@ -404,3 +404,45 @@ fn before_the_first_certificate_handshakes_fail_cleanly_and_std_refuses_acme() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("only the `mxgate` binary"), "{err}");
 }
+
+#[test]
+fn after_failed_orders_the_next_challenge_kind_is_tried() {
+    let origin = Origin::start();
+    let pki = Pki::new();
+    let work = tempfile::tempdir().expect("temp dir");
+    let state = work.path().join("state");
+    let ports = free_ports(3);
+    // Pebble validates HTTP-01 on a port where nothing listens: http-01 cannot succeed.
+    let pebble = Pebble::start(
+        &pki,
+        &work.path().join("pebble"),
+        PebbleOptions {
+            tls_port: ports[0],
+            http_port: ports[2],
+            validity_seconds: None,
+        },
+    );
+    let config = acme_config(
+        &origin,
+        &pki,
+        &state,
+        &pebble.directory(),
+        "[\"http-01\", \"tls-alpn-01\"]",
+        true,
+    );
+    let proxy = Proxy::start_on(&mxgate(), config, &ports[..2]);
+    let trusting_pebble = pebble.client_config(&pki);
+    let cert =
+        wait_for(ISSUANCE, || served(&proxy, &trusting_pebble, NAMES[0])).unwrap_or_else(|| {
+            panic!(
+                "no certificate within {ISSUANCE:?}\npebble:\n{}",
+                pebble.log()
+            )
+        });
+    assert!(!cert.is_empty());
+    let log = proxy.log();
+    assert!(
+        log.contains("failed ACME orders with http-01: trying tls-alpn-01"),
+        "{log}"
+    );
+}

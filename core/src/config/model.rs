@@ -353,27 +353,34 @@ pub trait KeyAuthorizations: Send + Sync {
 }
 
 /// Where the engine looks up HTTP-01 answers; the runtime that runs ACME installs its
-/// source once (before that, and in runtimes without ACME, every token is unknown: 404).
+/// source (and replaces it when it starts over with another client). Before that, and in
+/// runtimes without ACME, every token is unknown: 404.
 #[derive(Default)]
 pub struct Http01Answers {
-    source: std::sync::OnceLock<Arc<dyn KeyAuthorizations>>,
+    source: std::sync::RwLock<Option<Arc<dyn KeyAuthorizations>>>,
 }
 
 impl Http01Answers {
-    /// Installs the source; `false` if one was installed before (it stays).
-    pub fn install(&self, source: Arc<dyn KeyAuthorizations>) -> bool {
-        self.source.set(source).is_ok()
+    /// Installs (or replaces) the source.
+    pub fn install(&self, source: Arc<dyn KeyAuthorizations>) {
+        *self.source.write().unwrap_or_else(|e| e.into_inner()) = Some(source);
     }
 
     pub fn key_authorization(&self, token: &str) -> Option<String> {
-        self.source.get()?.key_authorization(token)
+        let source = self
+            .source
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        source.key_authorization(token)
     }
 }
 
 impl std::fmt::Debug for Http01Answers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let installed = self.source.read().map(|s| s.is_some()).unwrap_or(false);
         f.debug_struct("Http01Answers")
-            .field("installed", &self.source.get().is_some())
+            .field("installed", &installed)
             .finish()
     }
 }
@@ -398,7 +405,8 @@ pub struct AcmeSettings {
     pub ca_root: Option<std::path::PathBuf>,
     /// Where the account key and certificates are kept.
     pub state_dir: std::path::PathBuf,
-    /// Challenge kinds in order of preference.
+    /// Challenge kinds in order of preference (the runtime moves to the next after
+    /// repeated failures).
     pub challenges: Vec<AcmeChallenge>,
     /// The HTTPS port redirects from plain listeners point at (the first TLS listener's).
     pub https_port: u16,

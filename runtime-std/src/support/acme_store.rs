@@ -220,7 +220,7 @@ pub fn describe(acme: &AcmeSettings, now_unix: i64) -> String {
             .iter()
             .map(|c| c.as_str())
             .collect::<Vec<_>>()
-            .join(", "),
+            .join(", then (after 3 failed orders) "),
         store.dir().display()
     ));
     let account = store.account_path();

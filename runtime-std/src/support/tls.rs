@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufReader};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 
 use mxgate_core::config::{TlsFiles, TlsSettings};
 use mxgate_core::Config;
@@ -74,7 +74,7 @@ pub struct Certificates {
 struct AcmeMode {
     names: Vec<String>,
     tls_alpn: bool,
-    challenges: OnceLock<Arc<dyn ResolvesServerCert>>,
+    challenges: RwLock<Option<Arc<dyn ResolvesServerCert>>>,
 }
 
 impl std::fmt::Debug for AcmeMode {
@@ -97,7 +97,7 @@ impl Certificates {
             tls_alpn: a
                 .challenges
                 .contains(&mxgate_core::config::AcmeChallenge::TlsAlpn01),
-            challenges: OnceLock::new(),
+            challenges: RwLock::new(None),
         });
         let dev = match &config.tls.default {
             Some(_) => None,
@@ -157,10 +157,11 @@ impl Certificates {
         self.current().default.is_some()
     }
 
-    /// The resolver that answers TLS-ALPN-01 challenge handshakes (set once, by the ACME task).
+    /// The resolver that answers TLS-ALPN-01 challenge handshakes (set, and replaced when
+    /// it starts over, by the ACME task).
     pub fn set_challenge_resolver(&self, resolver: Arc<dyn ResolvesServerCert>) {
         if let Some(acme) = &self.acme {
-            let _ = acme.challenges.set(resolver);
+            *acme.challenges.write().unwrap_or_else(|e| e.into_inner()) = Some(resolver);
         }
     }
 
@@ -221,7 +222,12 @@ impl ResolvesServerCert for Certificates {
                 .alpn()
                 .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
             if challenge {
-                return acme.challenges.get()?.resolve(client_hello);
+                let resolver = acme
+                    .challenges
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()?;
+                return resolver.resolve(client_hello);
             }
         }
         let key = self.select(client_hello.server_name());
