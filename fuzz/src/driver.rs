@@ -116,6 +116,7 @@ pub fn config(limits: Limits) -> Config {
         tls: TlsSettings::default(),
         runtime: RuntimeSettings::default(),
         workers: None,
+        acme: None,
     }
 }
 

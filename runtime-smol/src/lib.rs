@@ -6,6 +6,7 @@
 //! to `timeouts.drain` for them. [`run`] is `serve` with SIGTERM/SIGINT as the shutdown.
 //! Everything that is not async lives in `mxgate-std` (shared with the std runtime).
 
+mod acme;
 mod driver;
 mod listener;
 mod metrics;
@@ -77,6 +78,7 @@ pub struct Server {
     listeners: Vec<Bound>,
     metrics_socket: Option<(SocketAddr, Async<TcpListener>)>,
     hangups: Option<async_signal::Signals>,
+    acme: Option<acme::Acme>,
 }
 
 impl Server {
@@ -88,6 +90,10 @@ impl Server {
             Some(Certificates::load(&config).context("cannot load the TLS certificates")?)
         } else {
             None
+        };
+        let acme = match (&config.acme, &certs) {
+            (Some(settings), Some(certs)) => Some(acme::prepare(settings, certs)?),
+            _ => None,
         };
         let tls = match &certs {
             Some(certs) => Some(TlsAcceptor::from(
@@ -143,6 +149,7 @@ impl Server {
             listeners,
             metrics_socket,
             hangups,
+            acme,
         })
     }
 
@@ -215,6 +222,7 @@ impl Server {
             listeners,
             metrics_socket,
             hangups,
+            acme,
         } = self;
         let mut tasks = Vec::new();
         for bound in listeners {
@@ -236,6 +244,13 @@ impl Server {
             shared.shutdown.clone(),
         )));
         tasks.push(executor.spawn(sweep_idle_upstreams(shared.clone())));
+        if let Some(acme) = acme {
+            let shared = shared.clone();
+            tasks
+                .push(executor.spawn(async move {
+                    acme.run(&shared.metrics, shared.shutdown.clone()).await
+                }));
+        }
 
         shutdown.await;
         let drain = shared.config.timeouts.drain;

@@ -31,6 +31,7 @@
 //! });
 //! ```
 
+pub mod acme;
 pub mod client;
 pub mod http;
 pub mod origin;

@@ -286,6 +286,30 @@ impl Connection {
                 );
                 (bytes, true)
             }
+            Decision::AcmeChallenge => {
+                let token = head
+                    .path()
+                    .get(route::ACME_CHALLENGE_PREFIX.len() + 1..)
+                    .and_then(|t| std::str::from_utf8(t).ok())
+                    .unwrap_or("");
+                let answer = config
+                    .acme
+                    .as_ref()
+                    .filter(|_| !token.is_empty())
+                    .and_then(|acme| acme.http01.key_authorization(token));
+                let bytes = match answer {
+                    Some(key_authorization) => answer::render(
+                        200,
+                        Some("application/octet-stream"),
+                        false,
+                        key_authorization.as_bytes(),
+                        ctx,
+                    ),
+                    None => answer::text_error(404, "No such ACME challenge", ctx),
+                };
+                (bytes, true)
+            }
+            Decision::RedirectHttps => (https_redirect(&config, &head, ctx), true),
         };
         let status = status_of(&bytes);
         let bytes_out = bytes.len() as u64;
@@ -382,6 +406,38 @@ fn status_of(rendered: &[u8]) -> u16 {
         .and_then(|d| std::str::from_utf8(d).ok())
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
+}
+
+/// 308 to the same target on HTTPS: the request's host (or the first certified name when
+/// it has none, or an unusable one), and the TLS listener's port unless it is 443.
+fn https_redirect(config: &Config, head: &RequestHead, ctx: answer::AnswerCtx<'_>) -> Bytes {
+    let usable = |h: &&[u8]| {
+        !h.is_empty()
+            && h.iter().all(|&b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':')
+            })
+    };
+    let acme = config.acme.as_ref();
+    let host = head
+        .host()
+        .map(host_without_port)
+        .filter(usable)
+        .map(|h| String::from_utf8_lossy(h).into_owned())
+        .or_else(|| acme.and_then(|a| a.names.first().cloned()))
+        .unwrap_or_else(|| config.server_name.clone());
+    let port = acme.map_or(443, |a| a.https_port);
+    let target = head.target();
+    let target = if target.starts_with(b"/") {
+        target
+    } else {
+        head.path()
+    };
+    let mut location = format!("https://{host}");
+    if port != 443 {
+        location.push_str(&format!(":{port}"));
+    }
+    location.push_str(&String::from_utf8_lossy(target));
+    answer::redirect(308, &location, ctx)
 }
 
 fn host_without_port(host: &[u8]) -> &[u8] {

@@ -48,6 +48,12 @@ pub fn main(serve: impl FnOnce(Arc<Config>) -> anyhow::Result<()>) -> ExitCode {
         Some(Command::Check { config }) => match config::load(config.as_deref()) {
             Ok(cfg) => {
                 print!("{}", mxgate_core::config::render_effective(&cfg));
+                if let Some(acme) = &cfg.acme {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs() as i64);
+                    print!("{}", super::acme_store::describe(acme, now));
+                }
                 ExitCode::SUCCESS
             }
             Err(err) => {

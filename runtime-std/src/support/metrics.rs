@@ -36,6 +36,11 @@ struct PoolLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NameLabels {
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackendLabels {
     pool: String,
     backend: String,
@@ -97,6 +102,8 @@ pub struct Metrics {
     connect_failures: Vec<Counter>,
     /// `mxgate_backend_up`, per pool, per backend (set by `support::health`).
     backend_up: Vec<Vec<Gauge>>,
+    /// `mxgate_certificate_expiry_seconds`, per certified name (set by the ACME task).
+    certificate_expiry: Family<NameLabels, Gauge>,
 }
 
 impl Metrics {
@@ -175,6 +182,13 @@ impl Metrics {
             })
             .collect();
 
+        let certificate_expiry = Family::<NameLabels, Gauge>::default();
+        registry.register(
+            "mxgate_certificate_expiry_seconds",
+            "When the certificate served for a name obtained by ACME expires, in seconds since the Unix epoch",
+            certificate_expiry.clone(),
+        );
+
         let listener_names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
         let pool_names: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
         let listeners = listener_names
@@ -208,7 +222,17 @@ impl Metrics {
             listeners,
             connect_failures,
             backend_up,
+            certificate_expiry,
         }
+    }
+
+    /// Sets `mxgate_certificate_expiry_seconds{name}` to `not_after` (Unix seconds).
+    pub fn certificate_expiry(&self, name: &str, not_after: i64) {
+        self.certificate_expiry
+            .get_or_create(&NameLabels {
+                name: name.to_string(),
+            })
+            .set(not_after);
     }
 
     /// The `mxgate_backend_up` gauge of `backend` of `pool` (a detached one when unknown).

@@ -21,7 +21,7 @@ fn write_config(out: &mut String, c: &Config) -> fmt::Result {
     )?;
     writeln!(out, "server_name = {}", quote(&c.server_name))?;
     let tls_listener = c.listeners.iter().any(|l| l.scheme == Scheme::Https);
-    if tls_listener && c.tls.default.is_none() {
+    if tls_listener && c.tls.default.is_none() && c.acme.is_none() {
         writeln!(
             out,
             "# No certificate: the runtime generates a self-signed development one."
@@ -100,6 +100,38 @@ fn write_config(out: &mut String, c: &Config) -> fmt::Result {
             writeln!(out, "names = {}", string_list(&s.names))?;
             write_files(out, &s.files)?;
         }
+    }
+
+    if let Some(acme) = &c.acme {
+        writeln!(
+            out,
+            "\n# Certificates by ACME; plain listeners answer http-01 challenges and redirect"
+        )?;
+        writeln!(
+            out,
+            "# everything else to https (port {}) with 308.",
+            acme.https_port
+        )?;
+        writeln!(out, "[acme]")?;
+        writeln!(out, "names = {}", string_list(&acme.names))?;
+        if let Some(email) = &acme.email {
+            writeln!(out, "email = {}", quote(email))?;
+        }
+        writeln!(out, "directory = {}", quote(&acme.directory))?;
+        if let Some(ca_root) = &acme.ca_root {
+            writeln!(out, "ca_root = {}", quote(&ca_root.display().to_string()))?;
+        }
+        writeln!(
+            out,
+            "state_dir = {}",
+            quote(&acme.state_dir.display().to_string())
+        )?;
+        let kinds: Vec<String> = acme
+            .challenges
+            .iter()
+            .map(|k| k.as_str().to_string())
+            .collect();
+        writeln!(out, "challenges = {}", string_list(&kinds))?;
     }
 
     let l = &c.limits;
