@@ -15,6 +15,7 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         204 => "No Content",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         404 => "Not Found",
         408 => "Request Timeout",
@@ -101,6 +102,23 @@ pub fn overloaded() -> Bytes {
     let mut out = BytesMut::with_capacity(head.len() + body.len());
     out.put_slice(head.as_bytes());
     out.put_slice(body);
+    out.freeze()
+}
+
+/// A redirect to `location` (already checked to hold no CR, LF or other controls).
+pub fn redirect(status: u16, location: &str, ctx: AnswerCtx<'_>) -> Bytes {
+    let rendered = render(status, Some("text/plain; charset=utf-8"), false, b"", ctx);
+    // The Location header goes right after the status line.
+    let line_end = rendered
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map_or(rendered.len(), |i| i + 2);
+    let mut out = BytesMut::with_capacity(rendered.len() + location.len() + 12);
+    out.put_slice(&rendered[..line_end]);
+    out.put_slice(b"Location: ");
+    out.put_slice(location.as_bytes());
+    out.put_slice(b"\r\n");
+    out.put_slice(&rendered[line_end..]);
     out.freeze()
 }
 

@@ -29,7 +29,11 @@ pub enum Output {
     /// The engine is done with the upstream connection: put it back in the idle pool when
     /// `reusable`, otherwise close it.
     ReleaseUpstream { reusable: bool },
-    /// After writing everything before this, close the client connection.
+    /// After writing everything before this, shut the client connection's write side (TLS
+    /// `close_notify`, then the FIN). Keep reading while [`crate::Connection::wants_client_read`]
+    /// says so: after an early answer the engine lingers, reading and discarding what the
+    /// client still sends so that it can read the answer (RFC 9112 §9.6). The connection is
+    /// over at [`crate::Connection::is_closed`].
     CloseClient,
     /// An exchange finished: one access-log record (only when the configuration has an
     /// access log; else [`Output::ExchangeDone`]). Boxed: it is ten times the size of the
@@ -140,6 +144,9 @@ pub enum TimerKind {
     UpstreamConnect,
     /// Waiting for the upstream's response (head, or the next body bytes).
     UpstreamResponse,
+    /// Lingering after an early answer: the time is up, or the client sent nothing more
+    /// for a while; the connection closes.
+    ClientLinger,
 }
 
 impl AccessRecord {

@@ -7,7 +7,7 @@
 
 use core::net::IpAddr;
 
-use crate::config::{Config, Listener, PoolId, RouteAction};
+use crate::config::{Config, Listener, PoolId, RouteAction, Scheme};
 
 /// The local answers under `/.well-known/matrix/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,10 +31,16 @@ pub enum Decision {
     NotFound,
     /// Virtual hosts are configured, the Host is not one of them, and there is no fallback.
     Misdirected,
+    /// Under ACME, on a plain listener: `/.well-known/acme-challenge/<token>` (HTTP-01).
+    AcmeChallenge,
+    /// Under ACME, on a plain listener: anything else goes to HTTPS (308).
+    RedirectHttps,
 }
 
 pub const ADMIN_PREFIX: &[u8] = b"/_synapse/admin";
 const WELL_KNOWN_PREFIX: &[u8] = b"/.well-known/matrix";
+/// Where HTTP-01 challenges are fetched (RFC 8555 §8.3).
+pub const ACME_CHALLENGE_PREFIX: &[u8] = b"/.well-known/acme-challenge";
 
 /// Whether `path` is `prefix` or lies below it: `/_matrix` matches `/_matrix` and
 /// `/_matrix/x`, not `/_matrixfoo`.
@@ -98,6 +104,14 @@ pub fn decide_reusing(
 }
 
 fn decide_path(config: &Config, listener: &Listener, path: &[u8], client: IpAddr) -> Decision {
+    // With certificates by ACME, plain HTTP exists for HTTP-01 and to send clients to HTTPS.
+    if config.acme.is_some() && listener.scheme == Scheme::Http {
+        return if under(path, ACME_CHALLENGE_PREFIX) {
+            Decision::AcmeChallenge
+        } else {
+            Decision::RedirectHttps
+        };
+    }
     if path == b"/health" {
         return Decision::Health;
     }
@@ -134,7 +148,13 @@ fn decide_path(config: &Config, listener: &Listener, path: &[u8], client: IpAddr
 /// decisions that look further, well-known documents and `/health`, are not taken this
 /// way).
 fn escapes_cannot_reroute(listener: &Listener, path: &[u8], raw: Decision, first: usize) -> bool {
-    if matches!(raw, Decision::WellKnown(_) | Decision::Health) {
+    if matches!(
+        raw,
+        Decision::WellKnown(_)
+            | Decision::Health
+            | Decision::AcmeChallenge
+            | Decision::RedirectHttps
+    ) {
         return false;
     }
     let longest_prefix = listener

@@ -35,6 +35,7 @@ pub fn small_limits() -> Limits {
         max_headers: 12,
         max_response_head_bytes: 700,
         max_pipelined_bytes: 300,
+        max_linger_bytes: 2000,
     }
 }
 
@@ -115,6 +116,7 @@ pub fn config(limits: Limits) -> Config {
         tls: TlsSettings::default(),
         runtime: RuntimeSettings::default(),
         workers: None,
+        acme: None,
     }
 }
 

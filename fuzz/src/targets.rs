@@ -273,6 +273,16 @@ pub fn uri_preservation(data: &[u8]) {
     if forwarded && has_hash && driver::tolerated("fragment") {
         return;
     }
+    // A byte RFC 3986 does not allow in a target, or a broken `%` escape: always 400, never
+    // forwarded (clients percent-encode; an upstream would have to guess).
+    if !has_hash && mxgate_core::http1::target::check_origin_form(&target).is_err() {
+        assert!(
+            !forwarded,
+            "{shown}: forwarded with characters RFC 3986 refuses"
+        );
+        assert_eq!(status, Some(400), "{shown}");
+        return;
+    }
     if forwarded {
         assert_eq!(d.forwarded.len(), 1, "{shown}: forwarded twice");
         let up = &d.upstreams[d.forwarded[0].conn].received;

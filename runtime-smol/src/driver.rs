@@ -176,10 +176,6 @@ fn try_read<R: AsyncRead + Unpin>(
     Pin::new(r).poll_read(cx, buf)
 }
 
-/// After closing, how long client bytes are still read and discarded so that unread
-/// request bytes do not turn the close into a reset that destroys the response in flight.
-const LINGER: Duration = Duration::from_secs(2);
-const LINGER_MAX_BYTES: usize = 1024 * 1024;
 /// Bound on sending TLS close_notify and the TCP FIN.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -429,8 +425,8 @@ impl Driver {
                 Wake::Reload => self.follow_reload(),
             }
         }
-        // Boxed: the lingering close is rare and its state would otherwise enlarge every
-        // connection's task.
+        // Boxed: closing may wait (TLS close_notify), and its state would otherwise enlarge
+        // every connection's task.
         Box::pin(self.finish()).await;
         tracing::trace!(listener = self.conn.listener(), "connection closed");
     }
@@ -438,7 +434,8 @@ impl Driver {
     /// Which reads the engine wants now.
     fn wants(&self) -> Wants {
         Wants {
-            client: !self.client_eof && !self.client_closed && self.conn.wants_client_read(),
+            // After `CloseClient` only the write side is shut: a lingering engine still reads.
+            client: !self.client_eof && self.conn.wants_client_read(),
             upstream: self.up.as_ref().is_some_and(|u| !u.eof) && self.conn.wants_upstream_read(),
         }
     }
@@ -822,7 +819,13 @@ impl Driver {
             report @ (Output::AccessLog(_)
             | Output::ExchangeDone(_)
             | Output::UpstreamFault { .. }) => {
-                report::handle(&self.generation.config, &self.generation.metrics, report)
+                let generation = &self.generation;
+                report::handle(
+                    &generation.config,
+                    &generation.metrics,
+                    generation.upstreams.health(),
+                    report,
+                )
             }
             Output::ConnectUpstream {
                 pool,
@@ -920,7 +923,9 @@ impl Driver {
             if self.client_broken || self.client_closed {
                 queue.clear();
             } else {
-                let stall = self.generation.config.timeouts.client_body;
+                // A client that stops reading a large response: the exchange ends (and its
+                // upstream connection is closed, not reused) once no byte went out for this long.
+                let stall = self.generation.config.timeouts.send;
                 match write_queue(&mut self.client, queue, stall).await {
                     Ok(n) => {
                         self.count_bytes_out(n);
@@ -936,7 +941,7 @@ impl Driver {
     }
 
     async fn flush_upstream(&mut self) {
-        let stall = self.generation.config.timeouts.upstream_response;
+        let stall = self.generation.config.timeouts.send;
         if let Some(up) = self.up.as_mut() {
             if !up.conn.queue.is_empty() {
                 if up.broken {
@@ -1064,47 +1069,12 @@ impl Driver {
         }
     }
 
-    /// Closes the upstream (the engine did not release it for reuse) and the client, reading
-    /// and discarding what the client still sends for a moment (lingering close).
+    /// Closes the upstream (the engine did not release it for reuse) and the client. Any
+    /// lingering (reading and discarding after an early answer) was the engine's, before it
+    /// reported itself closed.
     async fn finish(&mut self) {
         self.up = None;
         self.client_queue.clear();
         self.close_client().await;
-        // Nothing unread to protect after EOF or a failed write; and a shutdown does not wait.
-        if self.client_eof || self.client_broken || self.shutdown_seen {
-            return;
-        }
-        let mut timer = Timer::at(Instant::now() + LINGER);
-        let mut socket_only = self.tls_socket_only;
-        let mut discarded = 0usize;
-        while discarded < LINGER_MAX_BYTES {
-            let client = &self.client;
-            let ready = future::or(
-                async {
-                    let _ = client.ready(socket_only).await;
-                    true
-                },
-                async {
-                    (&mut timer).await;
-                    false
-                },
-            )
-            .await;
-            if !ready {
-                break;
-            }
-            let read = future::poll_fn(|cx| {
-                Poll::Ready(with_read_buf(|buf| try_read(&mut self.client, cx, buf)))
-            })
-            .await;
-            match read {
-                Poll::Pending => socket_only = true,
-                Poll::Ready(Ok(n)) if n > 0 => {
-                    socket_only = false;
-                    discarded += n;
-                }
-                Poll::Ready(_) => break,
-            }
-        }
     }
 }

@@ -9,6 +9,7 @@
 //! are used before binding any, and systemd is told what happens (`support::systemd`).
 //! Everything that is not async lives in `mxgate-std` (shared with the std runtime).
 
+mod acme;
 mod driver;
 mod listener;
 mod metrics;
@@ -134,6 +135,7 @@ pub struct Server {
     metrics_socket: Option<(SocketAddr, Async<TcpListener>)>,
     hangups: Option<async_signal::Signals>,
     config_path: Option<PathBuf>,
+    acme: Option<acme::Acme>,
 }
 
 impl Server {
@@ -145,6 +147,10 @@ impl Server {
             Some(Certificates::load(&config).context("cannot load the TLS certificates")?)
         } else {
             None
+        };
+        let acme = match (&config.acme, &certs) {
+            (Some(settings), Some(certs)) => Some(acme::prepare(settings, certs)?),
+            _ => None,
         };
         let tls = match &certs {
             Some(certs) => Some(TlsAcceptor::from(
@@ -206,6 +212,7 @@ impl Server {
             metrics_socket,
             hangups,
             config_path: None,
+            acme,
         })
     }
 
@@ -287,6 +294,7 @@ impl Server {
             metrics_socket,
             hangups,
             config_path,
+            acme,
         } = self;
         let mut tasks = Vec::new();
         let mut reloader =
@@ -300,6 +308,14 @@ impl Server {
         }
         tasks.push(executor.spawn(reloader.run(hangups)));
         tasks.push(executor.spawn(sweep_idle_upstreams(shared.clone())));
+        if let Some(acme) = acme {
+            // Certificates it installs go through the same swap a reload uses; its metric
+            // goes to whichever generation is current (they share the series).
+            let shared = shared.clone();
+            tasks.push(
+                executor.spawn(async move { acme.run(&shared, shared.shutdown.clone()).await }),
+            );
+        }
         systemd::ready(&status(&shared));
 
         shutdown.await;

@@ -11,6 +11,7 @@ use mxgate_core::config::Scheme;
 use mxgate_core::ListenerId;
 use mxgate_std::support::limit::Permit;
 use mxgate_std::support::net;
+use mxgate_std::support::tls::ACME_TLS_ALPN;
 use smol::{future, Async, Executor, Timer};
 
 use crate::driver;
@@ -180,6 +181,11 @@ async fn open(accepted: Box<Accepted>) -> Option<driver::Opened> {
     let client = match (scheme, &generation.tls) {
         (Some(Scheme::Https), Some(acceptor)) => {
             match handshake(acceptor, stream, &shared, &generation).await {
+                // A TLS-ALPN-01 validation: the handshake was the whole answer (RFC 8737).
+                Some(tls) if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) => {
+                    tracing::debug!(%peer, "TLS-ALPN-01 challenge handshake answered");
+                    return None;
+                }
                 Some(tls) => ClientStream::Tls(Box::new(tls)),
                 None => {
                     metrics.tls_failures.inc();

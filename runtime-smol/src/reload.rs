@@ -166,6 +166,7 @@ impl Reloader {
     /// the certificates were reloaded).
     async fn apply(&mut self, mut config: Config) -> anyhow::Result<Option<Applied>> {
         let current = self.shared.current();
+        reload::refuse_restart_only_changes(&current.config, &config)?;
         let Carried { pools, unchanged } = reload::carry_over(&current.config, &mut config);
         let config = Arc::new(config);
         reload::warn_about_restart_only_settings(&current.config, &config);

@@ -28,14 +28,10 @@ pub(crate) enum ClientStream {
 }
 
 impl ClientStream {
-    /// Resolves when a read would make progress. For TLS that is at once when rustls already
+    /// Whether a read would make progress. For TLS that is at once when rustls already
     /// holds decrypted bytes (or a close), else when the socket is readable; `socket_only`
     /// skips the first check after an attempt that turned out to have nothing to read.
-    pub(crate) async fn ready(&self, socket_only: bool) -> io::Result<()> {
-        future::poll_fn(|cx| self.poll_ready(socket_only, cx)).await
-    }
-
-    /// [`ClientStream::ready`] as a poll function. It uses the socket's single waker slot
+    /// It uses the socket's single waker slot
     /// (`poll_readable`), which stays registered when the caller stops waiting: waiting
     /// again from the same task then costs no `epoll_ctl` (a `readable()` future re-arms the
     /// socket in epoll every time it is created).

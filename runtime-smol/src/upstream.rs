@@ -99,6 +99,11 @@ impl Upstreams {
         }
     }
 
+    /// Where connect outcomes and broken answers are reported (passive ejection).
+    pub(crate) fn health(&self) -> &HealthReporter {
+        &self.health
+    }
+
     /// An idle connection to the first backend the engine's choice `backend` stands for, if
     /// one is parked (never when `fresh`). Synchronous: the usual case of a request needs no
     /// future (and no allocation) to get its upstream connection.

@@ -97,7 +97,23 @@ pub struct Client {
 }
 
 fn connect_tcp(addr: SocketAddr) -> io::Result<TcpStream> {
-    let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+    connect_tcp_with(addr, None)
+}
+
+/// A TCP connection; with `receive_buffer`, the kernel's receive buffer is fixed at that
+/// size before connecting (no autotuning), so a client that does not read stalls the
+/// sender after a few dozen KiB instead of tens of MiB.
+fn connect_tcp_with(addr: SocketAddr, receive_buffer: Option<usize>) -> io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if let Some(size) = receive_buffer {
+        socket.set_recv_buffer_size(size)?;
+    }
+    socket.connect_timeout(&addr.into(), CONNECT_TIMEOUT)?;
+    let s: TcpStream = socket.into();
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(DEFAULT_TIMEOUT))?;
     s.set_write_timeout(Some(DEFAULT_TIMEOUT))?;
@@ -132,12 +148,27 @@ impl Client {
             .unwrap_or_else(|e| panic!("TLS connect to {addr} (SNI {sni}): {e}"))
     }
 
+    /// A connection (TLS trusting the test CA, or plain) whose kernel receive buffer is
+    /// fixed at 64 KiB: for scenarios where the client stops reading.
+    pub fn slow_reader(addr: SocketAddr, tls: Option<(&Pki, &str)>) -> Client {
+        let sock = connect_tcp_with(addr, Some(64 * 1024))
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        match tls {
+            None => Self::over(Box::new(sock)),
+            Some((pki, sni)) => Self::tls_over(sock, pki.client_config(), sni)
+                .unwrap_or_else(|e| panic!("TLS connect to {addr} (SNI {sni}): {e}")),
+        }
+    }
+
     /// Like [`Client::tls`] with any client config; the error says why the handshake failed.
     pub fn try_tls(addr: SocketAddr, config: Arc<ClientConfig>, sni: &str) -> io::Result<Client> {
+        Self::tls_over(connect_tcp(addr)?, config, sni)
+    }
+
+    fn tls_over(mut sock: TcpStream, config: Arc<ClientConfig>, sni: &str) -> io::Result<Client> {
         let name = ServerName::try_from(sni.to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let mut conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
-        let mut sock = connect_tcp(addr)?;
         let deadline = Instant::now() + DEFAULT_TIMEOUT;
         while conn.is_handshaking() {
             if Instant::now() > deadline {

@@ -8,6 +8,8 @@
 //! - [`http`]: the small HTTP/1.1 parsers the origin and the clients share.
 //! - [`runtime`]: which proxy binaries (runtimes) every scenario runs against.
 //! - [`synapse`]: real Synapse processes (and PostgreSQL, Redis) for the `synapse_*` tests.
+//! - [`tools`]: external programs (HAProxy, PostgreSQL, Redis): found, or provisioned into
+//!   `target/` without root on first use.
 //!
 //! Running: `cargo test -p mxgate-e2e` (builds each runtime's binary once per test binary
 //! with a nested `cargo build`). `MXGATE_E2E_RUNTIMES=mxgate,mxgate-std` picks runtimes
@@ -29,6 +31,7 @@
 //! });
 //! ```
 
+pub mod acme;
 pub mod client;
 pub mod http;
 pub mod origin;
@@ -36,6 +39,7 @@ pub mod pki;
 pub mod proxy;
 pub mod runtime;
 pub mod synapse;
+pub mod tools;
 pub mod workers;
 
 use std::time::{Duration, Instant};

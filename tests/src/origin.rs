@@ -9,6 +9,7 @@
 //! | `/_matrix/test/chunked` | 200 chunked, [`CHUNKS`] sent one by one 30 ms apart |
 //! | `/_matrix/test/slow?ms=N` | the default answer after N ms |
 //! | `/_matrix/test/silent` | nothing, ever (the connection stays open) |
+//! | `/_matrix/test/deaf` | nothing, and the body is never read (the connection stays open) |
 //! | `/_matrix/test/big?bytes=N` | 200 with N bytes of [`big_body`], `Content-Length` |
 //! | `/_matrix/test/cut` | `Content-Length: 100000`, 1000 bytes, then close |
 //! | `/_matrix/test/echo-body` | `{"len":N,"sha256":"…"}` of the body it read (CL or chunked) |
@@ -35,7 +36,12 @@ pub fn chunked_body() -> Vec<u8> {
 
 /// The body `/_matrix/test/big?bytes=n` sends: a pattern that detects lost or moved bytes.
 pub fn big_body(n: usize) -> Vec<u8> {
-    (0..n)
+    big_body_range(0, n)
+}
+
+/// Bytes `start..end` of [`big_body`] (the origin streams large bodies piece by piece).
+pub fn big_body_range(start: usize, end: usize) -> Vec<u8> {
+    (start..end)
         .map(|i| (i % 251) as u8 ^ (i / 251 % 256) as u8)
         .collect()
 }
@@ -62,6 +68,8 @@ struct State {
 struct Shared {
     stop: AtomicBool,
     accepted: AtomicUsize,
+    /// `/_matrix/test/big` answers whose connection closed before they were written whole.
+    cut_responses: AtomicUsize,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -80,6 +88,7 @@ impl Origin {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             accepted: AtomicUsize::new(0),
+            cut_responses: AtomicUsize::new(0),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
         });
@@ -120,6 +129,12 @@ impl Origin {
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
         self.shared.accepted.load(Ordering::SeqCst)
+    }
+
+    /// How many `/_matrix/test/big` answers could not be written whole because the
+    /// connection closed under them (the proxy gave the exchange up).
+    pub fn cut_responses(&self) -> usize {
+        self.shared.cut_responses.load(Ordering::SeqCst)
     }
 
     /// Every request received so far, in arrival order.
@@ -278,6 +293,13 @@ fn serve(mut stream: TcpStream, conn: usize, shared: &Shared) {
             shared.changed.notify_all();
             st.requests.len() - 1
         };
+        if head.path() == "/_matrix/test/deaf" {
+            // Reads nothing more and answers nothing: a sender's writes stall. Held until
+            // the origin stops (bounded: five minutes, longer than any client waits).
+            let until = Instant::now() + Duration::from_secs(300);
+            while Instant::now() < until && nap(Duration::from_millis(100), shared) {}
+            return;
+        }
         // Body.
         let framing = head.framing().unwrap_or(BodyFraming::None);
         let complete = read_body(&mut stream, &mut buf, framing, conn, index, shared);
@@ -457,8 +479,14 @@ fn respond(
             stream.write_all(
                 format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {n}\r\n{ids}\r\n").as_bytes(),
             )?;
-            for piece in big_body(n).chunks(64 * 1024) {
-                stream.write_all(piece)?;
+            // Made piece by piece: the first bytes go out at once, even for 100 MiB.
+            for start in (0..n).step_by(64 * 1024) {
+                let piece = big_body_range(start, (start + 64 * 1024).min(n));
+                if let Err(e) = stream.write_all(&piece) {
+                    shared.cut_responses.fetch_add(1, Ordering::SeqCst);
+                    shared.changed.notify_all();
+                    return Err(e);
+                }
             }
             Ok(true)
         }

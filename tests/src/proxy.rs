@@ -110,6 +110,25 @@ impl ProxyConfig {
         }
     }
 
+    /// One plain client listener in front of `homeserver` (a URL), with the PKI's default
+    /// certificate; all else default. For scenarios that add worker pools.
+    pub fn plain_client(homeserver: String, pki: &Pki) -> ProxyConfig {
+        ProxyConfig {
+            server_name: "localhost".into(),
+            public_url: None,
+            homeserver,
+            tls: Some((pki.server.cert.clone(), pki.server.key.clone())),
+            sni: Vec::new(),
+            listeners: vec![ListenerSpec {
+                role: Role::Client,
+                tls: false,
+            }],
+            top: Vec::new(),
+            sections: Vec::new(),
+            listener_lines: Vec::new(),
+        }
+    }
+
     /// Adds a `key = value` line to listener `index` (e.g. `proxy_protocol = true`).
     pub fn listener_line(mut self, index: usize, line: &str) -> ProxyConfig {
         self.listener_lines.push((index, line.to_string()));
@@ -240,9 +259,22 @@ impl Proxy {
     /// Writes the config, starts `<bin> run --config FILE`, and waits until every listener
     /// accepts. Retries with other ports when one was taken meanwhile.
     pub fn start(rt: &Runtime, config: ProxyConfig) -> Proxy {
+        Self::start_with(rt, config, None)
+    }
+
+    /// [`Proxy::start`] on the given listener ports (one per listener, in order), for a
+    /// scenario where another process must know them first. No retry.
+    pub fn start_on(rt: &Runtime, config: ProxyConfig, ports: &[u16]) -> Proxy {
+        Self::start_with(rt, config, Some(ports))
+    }
+
+    fn start_with(rt: &Runtime, config: ProxyConfig, fixed: Option<&[u16]>) -> Proxy {
         let mut last_log = String::new();
         for attempt in 0..3 {
-            let ports = free_ports(config.listeners.len());
+            let ports = match fixed {
+                Some(ports) => ports.to_vec(),
+                None => free_ports(config.listeners.len()),
+            };
             let dir = tempfile::Builder::new()
                 .prefix("mxgate-e2e-proxy-")
                 .tempdir()
@@ -282,7 +314,7 @@ impl Proxy {
                     last_log = proxy.log_tail(LOG_TAIL_LINES);
                     let in_use = last_log.contains("in use");
                     proxy.stop();
-                    if in_use && attempt < 2 {
+                    if in_use && attempt < 2 && fixed.is_none() {
                         continue;
                     }
                     panic!(

@@ -44,13 +44,22 @@ pub fn synapse_dir() -> PathBuf {
 }
 
 /// `MXGATE_SKIP_SYNAPSE=1` opts out on a developer machine (e.g. without access to PyPI);
-/// with `CI=true` the opt-out is ignored: CI always runs the Synapse tests.
-pub fn opted_out() -> bool {
+/// with `CI=true` the opt-out is ignored: CI always runs the Synapse tests. A skip is said
+/// on the terminal (written to the process's stderr, which `cargo test` does not capture),
+/// since the test still reports `ok`.
+pub fn opted_out(test: &str) -> bool {
     let skip = env::var("MXGATE_SKIP_SYNAPSE").is_ok_and(|v| v == "1");
     let ci = env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     if skip && ci {
         println!("MXGATE_SKIP_SYNAPSE=1 is ignored because CI=true: running the Synapse test");
         return false;
+    }
+    if skip {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: MXGATE_SKIP_SYNAPSE=1 is set, so this test did NOT run \
+             (its `ok` only means it was skipped; unset the variable to run it)"
+        );
     }
     skip
 }

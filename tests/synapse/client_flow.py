@@ -505,6 +505,23 @@ class Flow:
             return f"413 M_TOO_LARGE after {sent} of {size} bytes sent"
         raise StepFailed(f"upload of {size} bytes: expected 413 M_TOO_LARGE, got {r!r}")
 
+    def step_media_too_large_write_first(self):
+        """A client that writes its whole upload before reading the answer (http.client here;
+        matrix-nio on aiohttp and most SDKs do the same) must read the 413 the proxy sent as
+        soon as it saw the Content-Length: the proxy keeps reading and discarding the body
+        (lingering close) instead of closing into a reset that destroys the answer."""
+        if not self.proxy_checks:
+            raise Skip("Synapse alone aborts an over-size upload (the 413 by Content-Length is the proxy's)")
+        a = self.users["a"]
+        body = os.urandom(MIB) * 60
+        r = self.proxy.request("POST", "/_matrix/media/v3/upload?filename=write-first.bin", body=body,
+                               headers={"Content-Type": "application/octet-stream"}, token=a["token"],
+                               timeout=120)
+        check(r.status == 413, f"60 MiB written first: expected 413, got {r!r}")
+        j = r.json()
+        check(j.get("errcode") == "M_TOO_LARGE", f"413 without errcode M_TOO_LARGE: {r.body[:300]!r}")
+        return f"60 MiB written in full, then 413 M_TOO_LARGE read ({r.elapsed:.1f} s)"
+
     def step_client_address(self):
         a, admin = self.users["a"], self.users["admin"]
         ua = f"mxgate-e2e-ip-{self.run_id}"
@@ -583,6 +600,7 @@ class Flow:
             ("start idle /sync long-poll (timeout=30000) in the background", None),
             ("media upload 5 MiB + authenticated download, sha256", self.step_media),
             ("media upload 50 MiB + 1 byte -> 413 M_TOO_LARGE", self.step_media_too_large),
+            ("60 MiB upload written before reading -> 413 M_TOO_LARGE", self.step_media_too_large_write_first),
             ("/.well-known/matrix/{client,server}", self.step_well_known),
             ("idle /sync long-poll waited >= 25 s and returned 200", lambda: self.step_idle_longpoll(*longpoll)),
         ]

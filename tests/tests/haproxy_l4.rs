@@ -2,19 +2,21 @@
 //! replicas with the same worker configuration: whichever replica serves a user's `/sync`,
 //! it lands on the same synchrotron, and the origin sees the real client address.
 //!
-//! Needs the `haproxy` binary (Debian: `apt-get install -y haproxy`). Without it the test
-//! fails when `CI=true` and is skipped (saying so) otherwise.
+//! HAProxy comes from [`tools::haproxy`]: the installed one, or Debian's package unpacked
+//! into `target/debian-tools/haproxy/` on first use (no root needed). When neither works the
+//! test fails with the command that fixes it.
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use mxgate_e2e::http::{parse_response, ResponseParse};
 use mxgate_e2e::proxy::free_ports;
+use mxgate_e2e::tools::{self, Tool};
 use mxgate_e2e::workers::{sync_request, NamedOrigin};
 use mxgate_e2e::*;
 use socket2::{Domain, Socket, Type};
@@ -27,26 +29,6 @@ const USERS: &[&str] = &[
 /// The client's own address: not HAProxy's (127.0.0.1), so X-Forwarded-For tells them apart.
 const CLIENT_IP: [u8; 4] = [127, 0, 0, 2];
 
-/// The haproxy binary, or `None` (after failing under CI) when it is not installed.
-fn haproxy_binary() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-        .map(|d| d.join("haproxy"))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        let msg = "haproxy is not installed (Debian: apt-get install -y haproxy); \
-                   the HAProxy TCP-mode scenario cannot run";
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{msg}");
-        }
-        eprintln!("SKIPPED: {msg}");
-    }
-    found
-}
-
 /// A running HAProxy; killed (by PID) on drop, its output printed when the test fails.
 struct Haproxy {
     child: Child,
@@ -56,7 +38,7 @@ struct Haproxy {
 }
 
 impl Haproxy {
-    fn start(bin: &PathBuf, backends: &[SocketAddr]) -> Haproxy {
+    fn start(haproxy: &Tool, backends: &[SocketAddr]) -> Haproxy {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_ports(1)[0];
         let mut servers = String::new();
@@ -73,7 +55,8 @@ impl Haproxy {
         fs::write(&cfg, &config).expect("write haproxy.cfg");
         let log = dir.path().join("haproxy.log");
         let out = fs::File::create(&log).expect("log file");
-        let child = Command::new(bin)
+        let child = haproxy
+            .command()
             .arg("-db")
             .arg("-f")
             .arg(&cfg)
@@ -81,7 +64,7 @@ impl Haproxy {
             .stdout(out.try_clone().expect("log fd"))
             .stderr(out)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", haproxy.program.display()));
         let mut h = Haproxy {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -150,9 +133,7 @@ fn exchange_from_client_ip(addr: SocketAddr, request: &[u8]) -> Response {
 
 #[test]
 fn two_replicas_behind_haproxy_tcp_mode_agree_on_placement() {
-    let Some(bin) = haproxy_binary() else {
-        return;
-    };
+    let bin = tools::haproxy();
     each_runtime(|rt| {
         let main = NamedOrigin::start("main");
         let sync = [NamedOrigin::start("sync1"), NamedOrigin::start("sync2")];

@@ -7,13 +7,20 @@
 //! `mxgate` binary the end-to-end suite builds, with the same metadata
 //! (`cargo deb --no-build --fast`, about 20 s), so `cargo test --workspace` checks the
 //! packaging on every run without a release build.
+//!
+//! Its tools are provisioned like the other end-to-end tools (`mxgate_e2e::tools`):
+//! cargo-deb at the pinned version (`cargo install`ed into `target/cargo-tools/` when the
+//! one on this machine is missing or another version) and `systemd-analyze` (Debian's
+//! `systemd`, unpacked into `target/debian-tools/` without root when not installed).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use mxgate_e2e::runtime::{binary, workspace_root};
+use mxgate_e2e::tools::{self, Tool};
 
-/// The cargo-deb version `.ci/run` installs (keep in step).
+/// The cargo-deb version packages are built with (`.ci/run` builds the release one with
+/// the same: keep in step).
 const CARGO_DEB_VERSION: &str = "3.6.0";
 
 fn run(cmd: &mut Command) -> Output {
@@ -45,15 +52,8 @@ fn package(out: &Path) -> PathBuf {
         );
         return deb;
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let version = Command::new(&cargo).args(["deb", "--version"]).output();
-    let fix = format!("cargo install cargo-deb --version {CARGO_DEB_VERSION} --locked");
-    let version = version.map(|o| text(&o.stdout)).unwrap_or_default();
-    assert!(
-        version.contains(CARGO_DEB_VERSION),
-        "cargo-deb {CARGO_DEB_VERSION} is needed (found: {:?}); install it with: {fix}",
-        version.trim()
-    );
+    let cargo_deb = tools::cargo_tool("deb", CARGO_DEB_VERSION)
+        .unwrap_or_else(|e| panic!("cargo-deb {CARGO_DEB_VERSION} is needed: {e}"));
     let bin = binary("mxgate").unwrap_or_else(|e| panic!("{e}"));
     // target/<dir>/mxgate: cargo-deb takes the binary of the profile that built it.
     let profile = match bin
@@ -65,7 +65,7 @@ fn package(out: &Path) -> PathBuf {
         Some(dir) => dir.to_string(),
         None => panic!("unexpected binary path {}", bin.display()),
     };
-    let built = run(Command::new(&cargo)
+    let built = run(Command::new(&cargo_deb)
         .args([
             "deb",
             "-p",
@@ -92,6 +92,29 @@ fn package(out: &Path) -> PathBuf {
     debs[0].clone()
 }
 
+/// The unit directories of the systemd `analyze` belongs to: `<prefix>/lib/systemd/system`
+/// for its `<prefix>/bin` (and `/lib` beside `/usr`: Debian 12 ships units there), those
+/// that exist.
+fn systemd_unit_dirs(analyze: &Tool) -> Vec<PathBuf> {
+    let Some(prefix) = analyze.program.parent().and_then(Path::parent) else {
+        return Vec::new();
+    };
+    let mut dirs = vec![prefix.join("lib/systemd/system")];
+    if let Some(top) = prefix.parent() {
+        dirs.push(top.join("lib/systemd/system"));
+    }
+    let mut found: Vec<PathBuf> = Vec::new();
+    for dir in dirs {
+        let real = dir.canonicalize();
+        if let Ok(real) = real {
+            if real.is_dir() && !found.contains(&real) {
+                found.push(real);
+            }
+        }
+    }
+    found
+}
+
 /// The README's first TOML block: the short example the packaged file must contain.
 fn readme_short_example() -> Vec<String> {
     let readme = std::fs::read_to_string(workspace_root().join("README.md")).expect("README");
@@ -106,7 +129,13 @@ fn readme_short_example() -> Vec<String> {
 #[test]
 fn debian_package_installs_a_checked_config_and_hardened_units() {
     require("dpkg-deb", "apt-get install -y dpkg");
-    require("systemd-analyze", "apt-get install -y systemd");
+    let analyze =
+        tools::debian_tool("systemd", "systemd-analyze", &["--version"]).unwrap_or_else(|e| {
+            panic!(
+                "systemd-analyze is needed by this test and could not be provisioned: {e}\n\
+                 Fix: apt-get install -y systemd"
+            )
+        });
     let dir = tempfile::tempdir().expect("temp dir");
     let deb = package(&dir.path().join("out"));
 
@@ -156,21 +185,30 @@ fn debian_package_installs_a_checked_config_and_hardened_units() {
         "{postinst}"
     );
 
-    // The unpacked tree, with the host's units beside the package's (verify follows
+    // The unpacked tree, with systemd's own units beside the package's (verify follows
     // After=/WantedBy= into them).
     let root = dir.path().join("root");
     let unpacked = run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root));
     assert!(unpacked.status.success(), "{}", text(&unpacked.stderr));
     let units = root.join("usr/lib/systemd/system");
-    let copied = run(Command::new("cp")
-        .arg("-rn")
-        .arg("/usr/lib/systemd/system/.")
-        .arg(&units));
-    assert!(copied.status.success(), "{}", text(&copied.stderr));
+    let system_units = systemd_unit_dirs(&analyze);
+    assert!(
+        !system_units.is_empty(),
+        "no systemd unit directory beside {}",
+        analyze.program.display()
+    );
+    for from in system_units {
+        let copied = run(Command::new("cp")
+            .arg("-rn")
+            .arg(from.join("."))
+            .arg(&units));
+        assert!(copied.status.success(), "{}", text(&copied.stderr));
+    }
 
     // The units are valid: no error and no warning (unknown keys and bad values are only
     // warnings to systemd, so any output fails).
-    let verify = run(Command::new("systemd-analyze")
+    let verify = run(analyze
+        .command()
         .arg("verify")
         .arg(format!("--root={}", root.display()))
         .args(["mxgate.service", "mxgate.socket"]));
@@ -181,7 +219,8 @@ fn debian_package_installs_a_checked_config_and_hardened_units() {
         text(&verify.stderr)
     );
     // Hardened: systemd's own exposure score stays "OK" (at most 2.0 of 10).
-    let security = run(Command::new("systemd-analyze")
+    let security = run(analyze
+        .command()
         .args(["security", "--offline=yes", "--threshold=20", "--no-pager"])
         .arg(format!("--root={}", root.display()))
         .arg("mxgate.service"));

@@ -89,8 +89,7 @@ fn start_synapse(python: &Path, dir: &Path) -> Result<Synapse, String> {
 
 #[test]
 fn synapse_client_flow_through_proxy() {
-    if opted_out() {
-        println!("skipped: MXGATE_SKIP_SYNAPSE=1 (not honoured when CI=true)");
+    if opted_out("synapse_client_flow_through_proxy") {
         return;
     }
     let python = provision();

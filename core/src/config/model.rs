@@ -203,6 +203,9 @@ pub struct Limits {
     pub max_response_head_bytes: usize,
     /// Pipelined request bytes buffered while an exchange is in flight.
     pub max_pipelined_bytes: usize,
+    /// Most request bytes read and thrown away after an early answer (lingering close),
+    /// so that a client still sending its body reads the answer instead of a reset.
+    pub max_linger_bytes: u64,
 }
 
 impl Default for Limits {
@@ -214,6 +217,7 @@ impl Default for Limits {
             max_headers: 100,
             max_response_head_bytes: 64 * 1024,
             max_pipelined_bytes: 64 * 1024,
+            max_linger_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -235,6 +239,17 @@ pub struct Timeouts {
     pub tls_handshake: Duration,
     /// How long in-flight exchanges may finish after a shutdown signal (used by runtimes).
     pub drain: Duration,
+    /// A write to the client or the upstream that makes no progress for this long ends the
+    /// exchange (a client that stops reading a large response frees its upstream
+    /// connection). Used by runtimes, which see write progress.
+    pub send: Duration,
+    /// After an early answer (a 413, a refusal, an error before the body was read), the
+    /// longest the connection keeps reading and discarding what the client still sends
+    /// before closing (RFC 9112 §9.6; nginx's `lingering_time`).
+    pub linger: Duration,
+    /// While lingering, the longest wait for the client's next bytes (nginx's
+    /// `lingering_timeout`).
+    pub linger_read: Duration,
 }
 
 impl Default for Timeouts {
@@ -247,6 +262,9 @@ impl Default for Timeouts {
             upstream_response: Duration::from_secs(180),
             tls_handshake: Duration::from_secs(10),
             drain: Duration::from_secs(40),
+            send: Duration::from_secs(60),
+            linger: Duration::from_secs(30),
+            linger_read: Duration::from_secs(5),
         }
     }
 }
@@ -328,6 +346,92 @@ pub struct TlsSettings {
     pub sni: Vec<SniCertificate>,
 }
 
+/// An ACME challenge kind mxgate can answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// TLS-ALPN-01 (RFC 8737), answered on the TLS listeners.
+    TlsAlpn01,
+    /// HTTP-01 (RFC 8555 §8.3), answered on the plain listeners (port 80).
+    Http01,
+}
+
+impl AcmeChallenge {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+            AcmeChallenge::Http01 => "http-01",
+        }
+    }
+}
+
+/// The runtime's view of pending HTTP-01 challenges: the key authorization to answer for
+/// a token, while an order waits for it.
+pub trait KeyAuthorizations: Send + Sync {
+    fn key_authorization(&self, token: &str) -> Option<String>;
+}
+
+/// Where the engine looks up HTTP-01 answers; the runtime that runs ACME installs its
+/// source (and replaces it when it starts over with another client). Before that, and in
+/// runtimes without ACME, every token is unknown: 404.
+#[derive(Default)]
+pub struct Http01Answers {
+    source: std::sync::RwLock<Option<Arc<dyn KeyAuthorizations>>>,
+}
+
+impl Http01Answers {
+    /// Installs (or replaces) the source.
+    pub fn install(&self, source: Arc<dyn KeyAuthorizations>) {
+        *self.source.write().unwrap_or_else(|e| e.into_inner()) = Some(source);
+    }
+
+    pub fn key_authorization(&self, token: &str) -> Option<String> {
+        let source = self
+            .source
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        source.key_authorization(token)
+    }
+}
+
+impl std::fmt::Debug for Http01Answers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let installed = self.source.read().map(|s| s.is_some()).unwrap_or(false);
+        f.debug_struct("Http01Answers")
+            .field("installed", &installed)
+            .finish()
+    }
+}
+
+/// Let's Encrypt's production directory: the default ACME server.
+pub const LETS_ENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// Automatic certificates by ACME (RFC 8555): in effect when TLS listeners have no
+/// configured certificate and the configuration is not the development one. The runtime
+/// obtains and renews one certificate for `names`; plain listeners answer HTTP-01
+/// challenges and redirect everything else to HTTPS (308).
+#[derive(Debug, Clone)]
+pub struct AcmeSettings {
+    /// Lower-case DNS names the certificate covers: by default the host of `public_url`,
+    /// then `server_name`'s host (deduplicated).
+    pub names: Vec<String>,
+    /// Account contact (`mailto:` is added by the runtime).
+    pub email: Option<String>,
+    /// The ACME directory URL.
+    pub directory: String,
+    /// A PEM file of CA certificates to trust for the ACME server's own HTTPS.
+    pub ca_root: Option<std::path::PathBuf>,
+    /// Where the account key and certificates are kept.
+    pub state_dir: std::path::PathBuf,
+    /// Challenge kinds in order of preference (the runtime moves to the next after
+    /// repeated failures).
+    pub challenges: Vec<AcmeChallenge>,
+    /// The HTTPS port redirects from plain listeners point at (the first TLS listener's).
+    pub https_port: u16,
+    /// HTTP-01 answers, filled by the runtime.
+    pub http01: Arc<Http01Answers>,
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -342,6 +446,8 @@ pub struct Config {
     pub forwarding: Forwarding,
     pub admin: AdminPolicy,
     pub tls: TlsSettings,
+    /// Automatic certificates, when in effect (see [`AcmeSettings`]).
+    pub acme: Option<AcmeSettings>,
     pub runtime: RuntimeSettings,
     /// Routing to Synapse workers; `None` sends everything to the routes' pools.
     pub workers: Option<WorkerRouting>,

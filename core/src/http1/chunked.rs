@@ -83,6 +83,18 @@ impl ChunkedDecoder {
         self.state == State::Done
     }
 
+    /// Data bytes the current chunk announced that have not been returned yet: while its
+    /// size is still being read, the size as far as read (more digits only make it larger).
+    /// A body limit is enforced on this before any of the chunk is passed on.
+    pub fn announced_unread(&self) -> u64 {
+        match self.state {
+            State::Size { value, .. } => value,
+            State::Extension { size, .. } | State::SizeLf { size } => size,
+            State::Data { remaining } => remaining,
+            _ => 0,
+        }
+    }
+
     /// Decodes from `input` until it has found one run of data, reached the end of the
     /// body, or used all of `input`. Call again with the rest.
     pub fn step(&mut self, input: &[u8]) -> Result<Step, Reject> {

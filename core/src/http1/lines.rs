@@ -38,6 +38,11 @@ pub struct ScanState {
 }
 
 impl ScanState {
+    /// Whether the first line of the head was complete when the scan stopped.
+    pub fn first_line_done(&self) -> bool {
+        self.lines > 0
+    }
+
     fn resume_at(next_line: usize, lines: usize) -> ScanState {
         match (u32::try_from(next_line), u32::try_from(lines)) {
             (Ok(next_line), Ok(lines)) => ScanState { next_line, lines },
@@ -110,6 +115,22 @@ pub fn scan_head(
         }
         line_start = newline + 1;
     }
+}
+
+/// Whether the complete first line of a request head still arriving has no HTTP version
+/// (`GET /path` CRLF: an HTTP/0.9 request, which no further line can mend). Asked once, when
+/// the scan first reports the line complete.
+pub fn request_line_lacks_version(buf: &[u8]) -> bool {
+    let start = head_start(buf).unwrap_or(0);
+    let Some(end) = find_newline(&buf[start..]) else {
+        return false;
+    };
+    // method SP request-target SP HTTP-version: two spaces at least.
+    buf[start..start + end]
+        .iter()
+        .filter(|&&b| b == b' ')
+        .count()
+        < 2
 }
 
 /// Where a head at the start of `buf` begins after the leading empty lines `scan_head`

@@ -6,4 +6,5 @@ pub mod names;
 pub mod reject;
 pub mod request;
 pub mod response;
+pub mod target;
 pub mod tokens;

@@ -15,8 +15,9 @@ pub enum HeaderRole {
     Connection,
     Upgrade,
     Expect,
-    /// `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`: hop-by-hop (RFC 9110 §7.6.1),
-    /// never forwarded, with no other meaning here.
+    /// `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer` (RFC 9110 §7.6.1) and
+    /// `HTTP2-Settings` (an `h2c` upgrade's, RFC 7540 §3.2.1): hop-by-hop, never forwarded,
+    /// with no other meaning here.
     OtherHopByHop,
     /// `X-Forwarded-For`, `X-Forwarded-Proto`: written by mxgate, never passed on.
     Forwarding,
@@ -38,6 +39,7 @@ impl HeaderRole {
             10 if is(b"connection") => HeaderRole::Connection,
             10 if is(b"keep-alive") => HeaderRole::OtherHopByHop,
             14 if is(b"content-length") => HeaderRole::ContentLength,
+            14 if is(b"http2-settings") => HeaderRole::OtherHopByHop,
             15 if is(b"x-forwarded-for") => HeaderRole::Forwarding,
             16 if is(b"proxy-connection") => HeaderRole::OtherHopByHop,
             17 if is(b"transfer-encoding") => HeaderRole::TransferEncoding,
@@ -77,6 +79,7 @@ mod tests {
             (b"EXPECT", HeaderRole::Expect),
             (b"Upgrade", HeaderRole::Upgrade),
             (b"trailer", HeaderRole::OtherHopByHop),
+            (b"HTTP2-Settings", HeaderRole::OtherHopByHop),
             (b"Connection", HeaderRole::Connection),
             (b"Keep-Alive", HeaderRole::OtherHopByHop),
             (b"Content-Length", HeaderRole::ContentLength),

@@ -6,7 +6,17 @@
 #[non_exhaustive]
 pub enum Reject {
     BadRequestLine,
+    /// A request line without an HTTP version (an HTTP/0.9 request).
+    NoHttpVersion,
+    /// A method longer than any registered one.
+    MethodTooLong,
     NotOriginForm,
+    /// A byte RFC 3986 does not allow in a request-target (space, `"`, `{`, ≥ 0x80…).
+    BadTargetCharacter,
+    /// A `%` not followed by two hex digits.
+    BadPercentEncoding,
+    /// A `Host` (or absolute-form authority) that is not `uri-host [":" port]`.
+    BadHost,
     FragmentInTarget,
     BadVersion,
     RequestLineTooLong,
@@ -53,7 +63,9 @@ impl Reject {
         match self {
             Reject::RequestLineTooLong => 414,
             Reject::HeadTooLarge | Reject::TooManyHeaders => 431,
-            Reject::UnknownTransferCoding | Reject::UnsupportedTransferCoding => 501,
+            Reject::UnknownTransferCoding
+            | Reject::UnsupportedTransferCoding
+            | Reject::MethodTooLong => 501,
             Reject::BadVersion => 505,
             Reject::UnsupportedExpectation => 417,
             _ => 400,
@@ -64,7 +76,14 @@ impl Reject {
     pub fn reason(self) -> &'static str {
         match self {
             Reject::BadRequestLine => "malformed request line",
-            Reject::NotOriginForm => "request-target must be an absolute path",
+            Reject::NoHttpVersion => "request line has no HTTP version (HTTP/0.9 is not supported)",
+            Reject::MethodTooLong => "method not implemented",
+            Reject::NotOriginForm => "request-target must be an absolute path or URL",
+            Reject::BadTargetCharacter => {
+                "request-target has a character that must be percent-encoded"
+            }
+            Reject::BadPercentEncoding => "request-target has a malformed percent-encoding",
+            Reject::BadHost => "malformed Host header or authority",
             Reject::FragmentInTarget => "request-target must not contain a fragment",
             Reject::BadVersion => "only HTTP/1.0 and HTTP/1.1 are supported",
             Reject::RequestLineTooLong => "request line too long",

@@ -5,6 +5,7 @@ use bytes::Bytes;
 
 use super::names::HeaderRole;
 use super::reject::Reject;
+use super::target::{absolute_to_origin_form, check_host, check_origin_form, MAX_METHOD};
 use super::tokens::{eq_ignore_case, for_each_token, parse_content_length};
 
 /// How the request body is delimited.
@@ -198,13 +199,21 @@ pub fn parse_head_into(
     max_headers: usize,
     mut headers: Vec<RawHeader>,
 ) -> Result<RequestHead, Reject> {
-    match parse_prefix(&raw, max_headers, &mut headers)? {
-        Some((mut head, _)) => {
+    match parse_prefix(&raw, max_headers, &mut headers) {
+        Ok(Some((mut head, _))) => {
             head.raw = raw;
             Ok(head)
         }
         // scan_head found the blank line, so httparse must see a complete head.
-        None => Err(Reject::BadRequestLine),
+        Ok(None) => Err(Reject::BadRequestLine),
+        // An absolute-form target (RFC 9112 §3.2.2): parsed again as the origin-form head
+        // the upstream gets. Rare: the one copy is not on the common path.
+        Err(Reject::NotOriginForm) => match absolute_to_origin_form(&raw)? {
+            // Its target starts with `/`: parsed once more at most.
+            Some(origin_form) => parse_head_into(origin_form, max_headers, headers),
+            None => Err(Reject::NotOriginForm),
+        },
+        Err(reject) => Err(reject),
     }
 }
 
@@ -236,6 +245,9 @@ pub fn parse_prefix(
         return Ok(None);
     };
     let method = req.method.ok_or(Reject::BadRequestLine)?;
+    if method.len() > MAX_METHOD {
+        return Err(Reject::MethodTooLong);
+    }
     let target = req.path.ok_or(Reject::BadRequestLine)?;
     let version = match req.version {
         Some(0) => Version::Http10,
@@ -247,12 +259,9 @@ pub fn parse_prefix(
         // and asterisk-form (`OPTIONS *`) has nothing to route.
         return Err(Reject::NotOriginForm);
     }
-    // Scanned whole without an early exit (no target has one): vector compares.
-    if target.bytes().fold(false, |found, b| found | (b == b'#')) {
-        // A fragment is never sent (RFC 9110 §4.2.4); parsers disagree on what follows it,
-        // so it could hide dot segments from the routing check.
-        return Err(Reject::FragmentInTarget);
-    }
+    // Every byte RFC 3986 allows, a fragment refused, `%HH` escapes whole: one vectorised
+    // pass.
+    check_origin_form(target.as_bytes())?;
     let slice = |s: &[u8]| Span::of(head, s);
     let method = slice(method.as_bytes());
     // `str::find` of an ASCII char is a memchr, not a byte loop.
@@ -267,6 +276,7 @@ pub fn parse_prefix(
     let mut close = version == Version::Http10;
     let mut expect_continue = false;
     let mut has_upgrade_header = false;
+    let mut only_websocket = true;
     let mut connection_upgrade = false;
     let mut connection_tokens = Vec::new();
 
@@ -280,6 +290,7 @@ pub fn parse_prefix(
                 if host.is_some() {
                     return Err(Reject::DuplicateHost);
                 }
+                check_host(trim_ows(value))?;
                 host = Some(slice(value));
             }
             HeaderRole::ContentLength => {
@@ -338,7 +349,13 @@ pub fn parse_prefix(
                     return Err(Reject::UnsupportedExpectation);
                 }
             }
-            HeaderRole::Upgrade => has_upgrade_header = true,
+            // Only WebSocket upgrades pass; any other (`h2c` above all: mxgate, not the
+            // upstream, decides which HTTP version a client speaks) is dropped and the request
+            // forwarded as a plain one, which RFC 9110 §7.8 allows a server to do.
+            HeaderRole::Upgrade => {
+                has_upgrade_header = true;
+                only_websocket &= is_websocket_upgrade(value);
+            }
         }
         headers.push(RawHeader {
             name: slice(name),
@@ -374,7 +391,7 @@ pub fn parse_prefix(
         host,
         close,
         expect_continue,
-        upgrade: connection_upgrade && has_upgrade_header,
+        upgrade: connection_upgrade && has_upgrade_header && only_websocket,
         connection_tokens,
     };
     Ok(Some((head, len)))
@@ -387,6 +404,11 @@ fn names_other_http_version(head: &[u8]) -> bool {
     let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
     matches!(parts.as_slice(), [m, t, v] if !m.is_empty() && !t.is_empty()
         && v.len() == 8 && v.starts_with(b"HTTP/") && v[5].is_ascii_digit() && v[6] == b'.' && v[7].is_ascii_digit())
+}
+
+/// `Upgrade: websocket` (any case), nothing else offered.
+fn is_websocket_upgrade(value: &[u8]) -> bool {
+    eq_ignore_case(trim_ows(value), b"websocket")
 }
 
 /// Codings RFC 9112 registers: recognised, but not something this proxy decodes in requests.

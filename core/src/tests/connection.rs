@@ -820,3 +820,106 @@ fn peer_addresses_render_whole_as_text() {
         assert_eq!(IpText::new(ip).as_bytes(), ip.to_string().as_bytes());
     }
 }
+
+/// The harness's configuration with certificates by ACME: its plain listener answers
+/// HTTP-01 from the runtime's source and sends everything else to HTTPS.
+fn acme_config(
+    https_port: u16,
+) -> (
+    crate::config::Config,
+    std::sync::Arc<crate::config::Http01Answers>,
+) {
+    use crate::config::{AcmeChallenge, AcmeSettings, Http01Answers, KeyAuthorizations};
+    struct OneToken;
+    impl KeyAuthorizations for OneToken {
+        fn key_authorization(&self, token: &str) -> Option<String> {
+            (token == "tok_en-1").then(|| "tok_en-1.thumbprint".to_string())
+        }
+    }
+    let answers = std::sync::Arc::new(Http01Answers::default());
+    let mut config = config();
+    config.acme = Some(AcmeSettings {
+        names: vec!["matrix.example.org".into(), "example.org".into()],
+        email: None,
+        directory: crate::config::LETS_ENCRYPT_DIRECTORY.into(),
+        ca_root: None,
+        state_dir: "/var/lib/mxgate".into(),
+        challenges: vec![AcmeChallenge::TlsAlpn01, AcmeChallenge::Http01],
+        https_port,
+        http01: answers.clone(),
+    });
+    answers.install(std::sync::Arc::new(OneToken));
+    (config, answers)
+}
+
+#[test]
+fn acme_plain_listener_redirects_to_https_with_308() {
+    let (config, _) = acme_config(443);
+    let mut h = Harness::with_config(config, CLIENT_HTTP, "203.0.113.5");
+    h.client(b"GET /_matrix/client/versions?x=1 HTTP/1.1\r\nHost: matrix.example.org:80\r\n\r\n");
+    let text = h.take_client();
+    assert_eq!(status(&text), 308, "{text}");
+    assert_eq!(
+        header(&text, "location"),
+        Some("https://matrix.example.org/_matrix/client/versions?x=1")
+    );
+    assert!(h.connects.is_empty(), "nothing goes upstream");
+    // Keep-alive goes on; /health and well-known are redirected too.
+    h.client(b"GET /.well-known/matrix/server HTTP/1.1\r\nHost: example.org\r\n\r\n");
+    let text = h.take_client();
+    assert_eq!(status(&text), 308);
+    assert_eq!(
+        header(&text, "location"),
+        Some("https://example.org/.well-known/matrix/server")
+    );
+
+    // A TLS listener on another port: the redirect names it. No Host: the first name.
+    let (config, _) = acme_config(8443);
+    let mut h = Harness::with_config(config, CLIENT_HTTP, "203.0.113.5");
+    h.client(b"GET /x HTTP/1.0\r\n\r\n");
+    let text = h.take_client();
+    assert_eq!(status(&text), 308);
+    assert_eq!(
+        header(&text, "location"),
+        Some("https://matrix.example.org:8443/x")
+    );
+    // TLS listeners are not redirected.
+    let (config, _) = acme_config(443);
+    let mut h = Harness::with_config(config, CLIENT_HTTPS, "203.0.113.5");
+    h.client(b"GET /_matrix/client/versions HTTP/1.1\r\nHost: matrix.example.org\r\n\r\n");
+    assert_eq!(h.connects, vec![(0, false)]);
+}
+
+#[test]
+fn acme_plain_listener_answers_http01_challenges() {
+    let (acme, _) = acme_config(443);
+    let mut h = Harness::with_config(acme, CLIENT_HTTP, "203.0.113.5");
+    h.client(
+        b"GET /.well-known/acme-challenge/tok_en-1 HTTP/1.1\r\nHost: matrix.example.org\r\n\r\n",
+    );
+    let text = h.take_client();
+    assert_eq!(status(&text), 200, "{text}");
+    assert_eq!(body(&text), "tok_en-1.thumbprint");
+    for unknown in [
+        "/.well-known/acme-challenge/other",
+        "/.well-known/acme-challenge/",
+        "/.well-known/acme-challenge",
+    ] {
+        h.client(format!("GET {unknown} HTTP/1.1\r\nHost: matrix.example.org\r\n\r\n").as_bytes());
+        let text = h.take_client();
+        assert_eq!(status(&text), 404, "{unknown}: {text}");
+    }
+    // A path that only reaches the challenge directory once decoded is refused.
+    h.client(b"GET /.well-known/acme-challenge/%2e%2e/x HTTP/1.1\r\nHost: m\r\n\r\n");
+    assert_eq!(status(&h.take_client()), 400);
+    // No source installed yet (the runtime has not started ACME): 404, no panic.
+    let mut bare = config();
+    let (with_acme, _) = acme_config(443);
+    bare.acme = with_acme.acme.map(|mut a| {
+        a.http01 = Default::default();
+        a
+    });
+    let mut h = Harness::with_config(bare, CLIENT_HTTP, "203.0.113.5");
+    h.client(b"GET /.well-known/acme-challenge/tok_en-1 HTTP/1.1\r\nHost: m\r\n\r\n");
+    assert_eq!(status(&h.take_client()), 404);
+}

@@ -91,6 +91,7 @@ pub fn config() -> Config {
         tls: TlsSettings::default(),
         runtime: RuntimeSettings::default(),
         workers: None,
+        acme: None,
     }
 }
 

@@ -2,8 +2,10 @@
 
 mod connection;
 mod harness;
+mod linger;
 mod properties;
 mod reconfigure;
+mod rfc9112;
 mod table;
 mod workers;
 

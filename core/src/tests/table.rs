@@ -30,7 +30,34 @@ const CASES: &[(&str, u16, bool)] = &[
     ("GET /_matrix/a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, false),
     ("GET /_matrix/a HTTP/1.0\r\n\r\n", 200, true),
     ("GET /_matrix/a HTTP/2.0\r\nHost: a\r\n\r\n", 505, false),
-    ("GET http://evil/_matrix/a HTTP/1.1\r\nHost: a\r\n\r\n", 400, false),
+    // Absolute form is accepted (RFC 9112 §3.2.2); its authority replaces Host.
+    ("GET http://evil/_matrix/a HTTP/1.1\r\nHost: a\r\n\r\n", 200, true),
+    ("GET http://user@evil/_matrix/a HTTP/1.1\r\nHost: a\r\n\r\n", 400, false),
+    ("GET http:///_matrix/a HTTP/1.1\r\nHost: a\r\n\r\n", 400, false),
+    ("CONNECT evil:443 HTTP/1.1\r\nHost: evil:443\r\n\r\n", 400, false),
+    ("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", 400, false),
+    // HTTP/0.9: refused as soon as the line is in, not after the header timeout.
+    ("GET /_matrix/a\r\n", 400, false),
+    ("GET /_matrix/a\r\n\r\n", 400, false),
+    // Methods longer than any registered one.
+    ("ABCDEFGHIJKLMNOPQRSTUVWXYZABCDEFG /_matrix/a HTTP/1.1\r\nHost: a\r\n\r\n", 501, false),
+    ("ABCDEFGHIJKLMNOPQRSTUVWXYZABCDEF /_matrix/a HTTP/1.1\r\nHost: a\r\n\r\n", 200, true),
+    // Characters RFC 3986 does not allow in a target.
+    ("GET /_matrix/a{b} HTTP/1.1\r\nHost: a\r\n\r\n", 400, false),
+    ("GET /_matrix/a|b HTTP/1.1\r\nHost: a\r\n\r\n", 400, false),
+    ("GET /_matrix/caf\u{e9} HTTP/1.1\r\nHost: a\r\n\r\n", 400, false),
+    ("GET /_matrix/a?x=\"y\" HTTP/1.1\r\nHost: a\r\n\r\n", 400, false),
+    ("GET /_matrix/a%2 HTTP/1.1\r\nHost: a\r\n\r\n", 400, false),
+    ("GET /_matrix/a%7Bb%7D HTTP/1.1\r\nHost: a\r\n\r\n", 200, true),
+    // Host is uri-host [":" port].
+    ("GET /_matrix/a HTTP/1.1\r\nHost: user@a\r\n\r\n", 400, false),
+    ("GET /_matrix/a HTTP/1.1\r\nHost: a b\r\n\r\n", 400, false),
+    ("GET /_matrix/a HTTP/1.1\r\nHost: a:\r\n\r\n", 400, false),
+    ("GET /_matrix/a HTTP/1.1\r\nHost: a:https\r\n\r\n", 400, false),
+    ("GET /_matrix/a HTTP/1.1\r\nHost: \r\n\r\n", 400, false),
+    ("GET /_matrix/a HTTP/1.1\r\nHost: [::1]:8448\r\n\r\n", 200, true),
+    // An h2c upgrade is not honoured, and the request passes as a plain one.
+    ("GET /_matrix/a HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n", 200, true),
     ("GET /_matrix/a  HTTP/1.1\r\nHost: a\r\n\r\n", 400, false),
     ("GET /_matrix/a HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", 417, false),
     ("\r\nGET /_matrix/a HTTP/1.1\r\nHost: a\r\n\r\n", 200, true),

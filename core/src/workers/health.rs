@@ -4,20 +4,24 @@
 //! Two signals, combined:
 //! - **Active probes** (`GET /health`, performed by the runtime): a backend goes down after
 //!   `fall` consecutive failed probes and comes back after `rise` consecutive good ones.
-//! - **Passive ejection** (a circuit breaker on connection attempts): `eject_after`
-//!   consecutive connect failures eject the backend for `eject_for`; then it is half-open:
+//! - **Passive ejection** (a circuit breaker on connection attempts and answers):
+//!   `eject_after` consecutive connect failures — or answers that could not be passed on
+//!   (a broken head or body, an unasked `101`, a close mid-response), which a later good
+//!   connect does not wipe out — eject the backend for `eject_for`; then it is half-open:
 //!   exactly one request may try it (claimed with a compare-and-swap on the hot path). A
-//!   success closes the breaker, a failure ejects it again.
+//!   success closes the breaker, a failure ejects it again. A backend that connects fine but
+//!   answers garbage thus leaves the rotation before a health probe notices.
 //!
 //! ## Ownership
 //! One [`PoolHealth`] per pool, owned by a single task of the runtime (the pool's health
 //! task): every transition takes `&mut self`. Connections never lock it: they read the
 //! [`HealthFlags`] (`Arc`, atomics) through [`crate::workers::balance::pick`], and send
 //! their connect outcomes to the owner (a channel), which calls
-//! [`PoolHealth::connect_ok`]/[`PoolHealth::connect_failed`].
+//! [`PoolHealth::connect_ok`]/[`PoolHealth::connect_failed`]/[`PoolHealth::answer_failed`].
 //!
 //! ## The owner's loop
-//! 1. Feed one input: `probe_ok`, `probe_failed`, `connect_ok`, `connect_failed`, or
+//! 1. Feed one input: `probe_ok`, `probe_failed`, `connect_ok`, `connect_failed`,
+//!    `answer_failed`, or
 //!    `handle_timeout(now)` (extra calls are harmless).
 //! 2. Drain `poll_event()` (log, count) and `poll_probe(now)` (start a `GET /health` to
 //!    that backend, with a timeout; report exactly one result for it).
@@ -175,9 +179,11 @@ impl fmt::Display for ProbeFailure {
 pub enum DownReason {
     /// `failures` consecutive probes failed, the last one so.
     ProbeFailed { failures: u32, last: ProbeFailure },
-    /// `connect_failures` consecutive connection attempts failed (or the half-open trial did).
+    /// `connect_failures` consecutive connection attempts failed, or with
+    /// `answer_failures` answers that could not be passed on, (or the half-open trial did).
     Ejected {
         connect_failures: u32,
+        answer_failures: u32,
         duration: Duration,
     },
 }
@@ -190,10 +196,21 @@ impl fmt::Display for DownReason {
             }
             DownReason::Ejected {
                 connect_failures,
+                answer_failures: 0,
                 duration,
             } => write!(
                 f,
                 "ejected for {}s after {connect_failures} failed connections",
+                duration.as_secs()
+            ),
+            DownReason::Ejected {
+                connect_failures,
+                answer_failures,
+                duration,
+            } => write!(
+                f,
+                "ejected for {}s after {connect_failures} failed connections and \
+                 {answer_failures} answers that could not be passed on",
                 duration.as_secs()
             ),
         }
@@ -231,6 +248,11 @@ struct Backend {
     probe_fails: u32,
     last_probe_failure: ProbeFailure,
     connect_fails: u32,
+    /// Answers that could not be passed on, the last at `last_answer_fault`: counted with
+    /// the connect failures, and not reset by a good connect (a backend that accepts
+    /// connections and answers garbage connects fine every time).
+    answer_fails: u32,
+    last_answer_fault: Option<Instant>,
     breaker: Breaker,
     next_probe: Option<Instant>,
     probe_in_flight: bool,
@@ -267,6 +289,8 @@ impl PoolHealth {
                     probe_fails: 0,
                     last_probe_failure: ProbeFailure::Connect,
                     connect_fails: 0,
+                    answer_fails: 0,
+                    last_answer_fault: None,
                     breaker: Breaker::Closed,
                     next_probe,
                     probe_in_flight: false,
@@ -346,23 +370,48 @@ impl PoolHealth {
 
     /// A connection attempt to the backend failed (refused, unreachable, timed out).
     pub fn connect_failed(&mut self, backend: usize, now: Instant) {
-        let (after, duration) = (self.config.eject_after, self.config.eject_for);
         let Some(b) = self.backends.get_mut(backend) else {
             return;
         };
         b.connect_fails = b.connect_fails.saturating_add(1);
-        match b.breaker {
-            Breaker::Closed if after > 0 && b.connect_fails >= after => {
-                b.breaker = Breaker::Open {
-                    until: now + duration,
-                };
-            }
-            Breaker::HalfOpen { .. } => {
-                b.breaker = Breaker::Open {
-                    until: now + duration,
-                };
-            }
-            _ => {}
+        self.count_failure(backend, now);
+    }
+
+    /// An answer from the backend could not be passed on (a broken head or body, an unasked
+    /// `101`, a close mid-response): counted toward ejection like a failed connect. Faults
+    /// further apart than `eject_for` do not add up.
+    pub fn answer_failed(&mut self, backend: usize, now: Instant) {
+        let duration = self.config.eject_for;
+        let Some(b) = self.backends.get_mut(backend) else {
+            return;
+        };
+        if b.last_answer_fault
+            .is_some_and(|last| now.saturating_duration_since(last) > duration)
+        {
+            b.answer_fails = 0;
+        }
+        b.last_answer_fault = Some(now);
+        b.answer_fails = b.answer_fails.saturating_add(1);
+        self.count_failure(backend, now);
+    }
+
+    /// After a failure was counted: the breaker opens once connect and answer failures
+    /// reach `eject_after`, or at once when it failed its half-open trial.
+    fn count_failure(&mut self, backend: usize, now: Instant) {
+        let (after, duration) = (self.config.eject_after, self.config.eject_for);
+        let Some(b) = self.backends.get_mut(backend) else {
+            return;
+        };
+        let failures = b.connect_fails.saturating_add(b.answer_fails);
+        let open = match b.breaker {
+            Breaker::Closed => after > 0 && failures >= after,
+            Breaker::HalfOpen { .. } => true,
+            Breaker::Open { .. } => false,
+        };
+        if open {
+            b.breaker = Breaker::Open {
+                until: now + duration,
+            };
         }
         self.publish(backend);
     }
@@ -462,6 +511,7 @@ impl PoolHealth {
                 } else {
                     DownReason::Ejected {
                         connect_failures: b.connect_fails,
+                        answer_failures: b.answer_fails,
                         duration: self.config.eject_for,
                     }
                 },
@@ -547,6 +597,64 @@ mod tests {
     }
 
     #[test]
+    fn broken_answers_eject_although_every_connect_succeeds() {
+        let t0 = crate::tests::epoch();
+        let config = HealthConfig {
+            probe_interval: None,
+            ..HealthConfig::default()
+        };
+        let after = config.eject_after;
+        let eject_for = config.eject_for;
+        let mut h = PoolHealth::new(2, config, t0);
+        let flags = h.flags();
+        // Each exchange: a good connect, then an answer that cannot be passed on.
+        for i in 1..after {
+            h.connect_ok(0, t0);
+            h.answer_failed(0, t0);
+            assert_eq!(flags.state(0), Availability::Up, "{i} broken answers");
+        }
+        h.connect_ok(0, t0);
+        h.answer_failed(0, t0);
+        assert_eq!(
+            events(&mut h),
+            [HealthEvent::BackendDown {
+                backend: 0,
+                reason: DownReason::Ejected {
+                    connect_failures: 0,
+                    answer_failures: after,
+                    duration: eject_for,
+                }
+            }]
+        );
+        assert!(!flags.try_use(0));
+        assert!(flags.is_usable(1), "the other backend keeps serving");
+        // The trial connects fine but answers garbage again: ejected again at once.
+        h.handle_timeout(t0 + eject_for);
+        assert!(flags.try_use(0));
+        h.connect_ok(0, t0 + eject_for);
+        h.answer_failed(0, t0 + eject_for);
+        assert_eq!(flags.state(0), Availability::Down);
+    }
+
+    #[test]
+    fn broken_answers_far_apart_do_not_add_up() {
+        let t0 = crate::tests::epoch();
+        let config = HealthConfig {
+            probe_interval: None,
+            ..HealthConfig::default()
+        };
+        let (after, eject_for) = (config.eject_after, config.eject_for);
+        let mut h = PoolHealth::new(1, config, t0);
+        let flags = h.flags();
+        let mut now = t0;
+        for _ in 0..after * 3 {
+            h.answer_failed(0, now);
+            now += eject_for + secs(1);
+        }
+        assert_eq!(flags.state(0), Availability::Up);
+    }
+
+    #[test]
     fn connect_failures_eject_then_half_open_admits_one_trial() {
         let t0 = crate::tests::epoch();
         let config = HealthConfig {
@@ -568,6 +676,7 @@ mod tests {
                 backend: 0,
                 reason: DownReason::Ejected {
                     connect_failures: 3,
+                    answer_failures: 0,
                     duration: secs(10)
                 }
             }]
@@ -704,6 +813,7 @@ mod tests {
         assert_eq!(r.to_string(), "3 health probes failed (last: status 502)");
         let r = DownReason::Ejected {
             connect_failures: 3,
+            answer_failures: 0,
             duration: secs(10),
         };
         assert_eq!(r.to_string(), "ejected for 10s after 3 failed connections");

@@ -72,6 +72,12 @@ pub fn main(serve: impl FnOnce(Arc<Config>, Option<PathBuf>) -> anyhow::Result<(
             Ok(cfg) => {
                 if !quiet {
                     print!("{}", mxgate_core::config::render_effective(&cfg));
+                    if let Some(acme) = &cfg.acme {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs() as i64);
+                        print!("{}", super::acme_store::describe(acme, now));
+                    }
                 }
                 ExitCode::SUCCESS
             }

@@ -49,6 +49,10 @@ enum Message {
         backend: usize,
         ok: bool,
     },
+    Answer {
+        pool: PoolUid,
+        backend: usize,
+    },
     Probe {
         pool: PoolUid,
         backend: usize,
@@ -130,6 +134,18 @@ impl HealthReporter {
             pool: p.uid,
             backend,
             ok: false,
+        });
+    }
+
+    /// An answer from `backend` of `pool` could not be passed on (the engine's
+    /// `UpstreamFault`): it counts toward passive ejection like a failed connect.
+    pub fn answer_failed(&self, pool: PoolId, backend: usize) {
+        let Some(p) = self.pools.get(pool) else {
+            return;
+        };
+        self.send(Message::Answer {
+            pool: p.uid,
+            backend,
         });
     }
 
@@ -379,6 +395,13 @@ impl HealthThread {
                         } else {
                             w.health.connect_failed(backend, now);
                         }
+                        w.drain_events();
+                    }
+                }
+                Message::Answer { pool, backend } => {
+                    if let Some(i) = Watched::position(&self.pools, pool) {
+                        let w = &mut self.pools[i];
+                        w.health.answer_failed(backend, now);
                         w.drain_events();
                     }
                 }

@@ -36,6 +36,11 @@ struct PoolLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NameLabels {
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackendLabels {
     pool: String,
     backend: String,
@@ -91,6 +96,7 @@ struct Families {
     tls_failures: Family<ListenerLabels, Counter>,
     connect_failures: Family<PoolLabels, Counter>,
     backend_up: Family<BackendLabels, Gauge>,
+    certificate_expiry: Family<NameLabels, Gauge>,
 }
 
 impl Families {
@@ -105,6 +111,7 @@ impl Families {
             tls_failures: Family::default(),
             connect_failures: Family::default(),
             backend_up: Family::default(),
+            certificate_expiry: Family::default(),
         };
         let f = families.clone();
         registry.register(
@@ -151,6 +158,11 @@ impl Families {
             "mxgate_backend_up",
             "Whether a backend may get traffic (1) or is down or ejected (0), from health checks and connect failures",
             f.backend_up,
+        );
+        registry.register(
+            "mxgate_certificate_expiry_seconds",
+            "When the certificate served for a name obtained by ACME expires, in seconds since the Unix epoch",
+            f.certificate_expiry,
         );
         families
     }
@@ -256,6 +268,16 @@ impl Metrics {
             connect_failures,
             backend_up,
         }
+    }
+
+    /// Sets `mxgate_certificate_expiry_seconds{name}` to `not_after` (Unix seconds).
+    pub fn certificate_expiry(&self, name: &str, not_after: i64) {
+        self.families
+            .certificate_expiry
+            .get_or_create(&NameLabels {
+                name: name.to_string(),
+            })
+            .set(not_after);
     }
 
     /// The `mxgate_backend_up` gauge of `backend` of `pool` (a detached one when unknown).

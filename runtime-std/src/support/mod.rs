@@ -2,6 +2,7 @@
 //! traffic: the engine in `mxgate-core` makes every proxying decision.
 
 pub mod access_log;
+pub mod acme_store;
 pub mod backend;
 pub mod cli;
 pub mod config;

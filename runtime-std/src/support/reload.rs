@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+use mxgate_core::config::AcmeSettings;
 use mxgate_core::{Config, PoolId, UpstreamPool};
 
 use super::config;
@@ -39,8 +40,12 @@ pub fn same_pool(old: &UpstreamPool, new: &UpstreamPool) -> bool {
 }
 
 /// Prepares `new` to replace `old`: every unchanged pool takes over the old pool's
-/// balancer (so its health flags and in-flight counts go on), and says which.
+/// balancer (so its health flags and in-flight counts go on), and says which. Under ACME
+/// the HTTP-01 answers the running ACME client fills are kept (the new file's are empty).
 pub fn carry_over(old: &Config, new: &mut Config) -> Carried {
+    if let (Some(old), Some(new)) = (&old.acme, &mut new.acme) {
+        new.http01 = old.http01.clone();
+    }
     let unchanged =
         mxgate_core::config::render_effective(old) == mxgate_core::config::render_effective(new);
     let pools = new
@@ -75,8 +80,40 @@ pub fn socket_changes(config: &Config, bound: &[SocketAddr]) -> (Vec<BindPlan>, 
     (added, removed)
 }
 
+/// Refuses a reload that switches between certificates by ACME and configured files: the
+/// ACME client (or its absence) is the running process's, so that takes a restart.
+pub fn refuse_restart_only_changes(old: &Config, new: &Config) -> anyhow::Result<()> {
+    match (&old.acme, &new.acme) {
+        (None, Some(_)) => anyhow::bail!(
+            "certificates would come by ACME now ([tls] names no cert and key), but this \
+             process serves configured certificates: that switch takes a restart (and only \
+             the `mxgate` binary runs ACME)"
+        ),
+        (Some(_), None) => anyhow::bail!(
+            "[tls] cert and key are configured now, but this process obtains certificates by \
+             ACME: that switch takes a restart"
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Whether two `[acme]` settings ask for the same certificate from the same place.
+fn same_acme(old: &AcmeSettings, new: &AcmeSettings) -> bool {
+    old.names == new.names
+        && old.email == new.email
+        && old.directory == new.directory
+        && old.ca_root == new.ca_root
+        && old.state_dir == new.state_dir
+        && old.challenges == new.challenges
+}
+
 /// Settings a running process cannot change: said, not silently ignored.
 pub fn warn_about_restart_only_settings(old: &Config, new: &Config) {
+    if let (Some(o), Some(n)) = (&old.acme, &new.acme) {
+        if !same_acme(o, n) {
+            tracing::warn!("reload: [acme] changes take effect at the next restart");
+        }
+    }
     let (o, n) = (&old.runtime, &new.runtime);
     if o.threads != n.threads
         || o.max_connections != n.max_connections
@@ -155,5 +192,32 @@ backends = ["http://127.0.0.1:8088"]
         let added: Vec<SocketAddr> = added.iter().map(|p| p.addr).collect();
         assert_eq!(added, [a("127.0.0.1:2")]);
         assert_eq!(removed, [a("127.0.0.1:3")]);
+    }
+
+    const ACME: &str = r#"
+server_name = "example.com"
+public_url = "https://matrix.example.com"
+homeserver = "http://127.0.0.1:8008"
+"#;
+
+    #[test]
+    fn acme_keeps_its_challenge_answers_and_switching_certificate_source_is_refused() {
+        let old = parse(ACME);
+        let mut new = parse(ACME);
+        let (o, n) = (old.acme.as_ref().unwrap(), new.acme.as_ref().unwrap());
+        assert!(!Arc::ptr_eq(&o.http01, &n.http01));
+        carry_over(&old, &mut new);
+        let (o, n) = (old.acme.as_ref().unwrap(), new.acme.as_ref().unwrap());
+        assert!(Arc::ptr_eq(&o.http01, &n.http01));
+        refuse_restart_only_changes(&old, &new).unwrap();
+
+        let files = parse(&format!(
+            "{ACME}[tls]\ncert = \"/etc/mxgate/c.pem\"\nkey = \"/etc/mxgate/k.pem\"\n"
+        ));
+        assert!(files.acme.is_none());
+        let err = refuse_restart_only_changes(&old, &files).unwrap_err();
+        assert!(err.to_string().contains("restart"), "{err}");
+        let err = refuse_restart_only_changes(&files, &old).unwrap_err();
+        assert!(err.to_string().contains("ACME"), "{err}");
     }
 }

@@ -5,12 +5,14 @@ use std::time::{Instant, SystemTime};
 
 use mxgate_core::{Config, Output};
 
+use super::health::HealthReporter;
 use super::metrics::Metrics;
 use super::{access_log, logging};
 
 /// Counts and logs `report` (an `AccessLog`, `ExchangeDone` or `UpstreamFault` output;
-/// any other output is not a report and is ignored).
-pub fn handle(config: &Config, metrics: &Metrics, report: Output) {
+/// any other output is not a report and is ignored). An upstream fault also counts toward
+/// the backend's passive ejection (`health`).
+pub fn handle(config: &Config, metrics: &Metrics, health: &HealthReporter, report: Output) {
     match report {
         Output::AccessLog(record) => {
             metrics.record(&record);
@@ -30,7 +32,10 @@ pub fn handle(config: &Config, metrics: &Metrics, report: Output) {
             pool,
             backend,
             fault,
-        } => logging::upstream_fault(config, pool, backend, fault),
+        } => {
+            logging::upstream_fault(config, pool, backend, fault);
+            health.answer_failed(pool, backend);
+        }
         Output::ToClient(_)
         | Output::ToUpstream(_)
         | Output::ConnectUpstream { .. }

@@ -52,5 +52,6 @@ pub fn config() -> Config {
         tls: Default::default(),
         runtime: RuntimeSettings::default(),
         workers: None,
+        acme: None,
     }
 }

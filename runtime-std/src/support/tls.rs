@@ -1,6 +1,8 @@
 //! TLS server setup: certificates chosen by SNI with a default, a self-signed development
-//! certificate when none is configured, and reloading (SIGHUP) that keeps the old
-//! certificates when the new files are unusable.
+//! certificate when the development configuration names none, the certificate obtained by
+//! ACME installed (and renewed) at run time, and reloading (SIGHUP) that keeps the old
+//! certificates when the new files are unusable. Installing and reloading swap one
+//! generation for the next: handshakes in progress and open connections keep theirs.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -42,10 +44,14 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The ALPN protocol of TLS-ALPN-01 challenge handshakes (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
 /// One loaded generation of certificates.
 #[derive(Debug)]
 struct CertSet {
-    default: Arc<CertifiedKey>,
+    /// `None` only under ACME before the first certificate: handshakes then fail.
+    default: Option<Arc<CertifiedKey>>,
     /// Lower-case exact names.
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// `*.example.com` stored as `example.com`: matches exactly one more label.
@@ -61,16 +67,42 @@ pub struct Certificates {
     provider: Arc<CryptoProvider>,
     /// The generated development certificate, when no default is configured (kept across reloads).
     dev: Option<Arc<CertifiedKey>>,
+    /// Under ACME: the certified names and the TLS-ALPN-01 challenge resolver.
+    acme: Option<AcmeMode>,
     current: RwLock<Arc<CertSet>>,
+}
+
+struct AcmeMode {
+    names: Vec<String>,
+    tls_alpn: bool,
+    challenges: RwLock<Option<Arc<dyn ResolvesServerCert>>>,
+}
+
+impl std::fmt::Debug for AcmeMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcmeMode")
+            .field("names", &self.names)
+            .field("tls_alpn", &self.tls_alpn)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Certificates {
     /// Loads every configured certificate, or generates the development certificate when the
     /// configuration names no default (logging a loud warning).
+    /// Under ACME there is no default until [`Certificates::install`] gives one.
     pub fn load(config: &Config) -> Result<Arc<Certificates>, TlsError> {
         let provider = provider();
+        let acme = config.acme.as_ref().map(|a| AcmeMode {
+            names: a.names.clone(),
+            tls_alpn: a
+                .challenges
+                .contains(&mxgate_core::config::AcmeChallenge::TlsAlpn01),
+            challenges: RwLock::new(None),
+        });
         let dev = match &config.tls.default {
             Some(_) => None,
+            None if acme.is_some() => None,
             None => {
                 let names = dev_cert_names(&config.server_name);
                 tracing::warn!(
@@ -82,17 +114,18 @@ impl Certificates {
                 Some(Arc::new(dev_certificate(&names, &provider)?))
             }
         };
-        let set = load_set(&config.tls, dev.as_ref(), &provider)?;
+        let set = load_set(&config.tls, dev.clone(), acme.is_some(), &provider)?;
         Ok(Arc::new(Certificates {
             settings: RwLock::new(config.tls.clone()),
             provider,
             dev,
+            acme,
             current: RwLock::new(Arc::new(set)),
         }))
     }
 
     /// Re-reads the certificate files. On any error the certificates in use stay as they are
-    /// and the error says why.
+    /// and the error says why. Under ACME the obtained certificate stays the default.
     pub fn reload(&self) -> Result<(), TlsError> {
         let settings = self
             .settings
@@ -103,12 +136,55 @@ impl Certificates {
     }
 
     /// Loads the certificates a reloaded configuration names (`[tls]`, `[[tls.sni]]`) and
-    /// serves them from now on; on any error nothing changes.
+    /// serves them from now on; on any error nothing changes. Under ACME the obtained
+    /// certificate stays the default (unless the files name one).
     pub fn reload_with(&self, settings: &TlsSettings) -> Result<(), TlsError> {
-        let set = load_set(settings, self.dev.as_ref(), &self.provider)?;
+        let fallback = match &self.acme {
+            // Taken below, under the lock, so an install racing this reload is kept.
+            Some(_) => None,
+            None => self.dev.clone(),
+        };
+        let mut set = load_set(settings, fallback, self.acme.is_some(), &self.provider)?;
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = settings.clone();
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if set.default.is_none() {
+            set.default = current.default.clone();
+        }
+        *current = Arc::new(set);
         Ok(())
+    }
+
+    /// Serves `key` as the default certificate from the next handshake on (the ACME task
+    /// calls this with each certificate it obtains or finds stored); configured SNI
+    /// certificates stay.
+    pub fn install(&self, key: Arc<CertifiedKey>) {
+        // Under the lock: a reload racing this install keeps the SNI certificates it loaded.
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        *current = Arc::new(CertSet {
+            default: Some(key),
+            exact: current.exact.clone(),
+            wildcard: current.wildcard.clone(),
+        });
+    }
+
+    /// Whether a default certificate is being served (under ACME: one was installed).
+    pub fn has_default(&self) -> bool {
+        self.current().default.is_some()
+    }
+
+    /// The resolver that answers TLS-ALPN-01 challenge handshakes (set, and replaced when
+    /// it starts over, by the ACME task).
+    pub fn set_challenge_resolver(&self, resolver: Arc<dyn ResolvesServerCert>) {
+        if let Some(acme) = &self.acme {
+            *acme.challenges.write().unwrap_or_else(|e| e.into_inner()) = Some(resolver);
+        }
+    }
+
+    fn current(&self) -> Arc<CertSet> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// A rustls server configuration using these certificates: TLS 1.2 and 1.3, ALPN
@@ -119,46 +195,74 @@ impl Certificates {
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        if self.acme.as_ref().is_some_and(|a| a.tls_alpn) {
+            // Negotiated only by the ACME server's validation handshakes.
+            config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+        }
         Ok(Arc::new(config))
     }
 
-    /// The certificate served for an SNI name (or its absence).
-    pub fn select(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
-        let set = self
-            .current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+    /// The certificate served for an SNI name (or its absence). Under ACME a name that is
+    /// neither certified nor configured gets none (the handshake fails), not a wrong one.
+    pub fn select(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let set = self.current();
         let Some(name) = sni else {
             return set.default.clone();
         };
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         if let Some(key) = set.exact.get(&name) {
-            return key.clone();
+            return Some(key.clone());
         }
         if let Some((_, parent)) = name.split_once('.') {
             if let Some(key) = set.wildcard.get(parent) {
-                return key.clone();
+                return Some(key.clone());
             }
         }
-        set.default.clone()
+        match &self.acme {
+            Some(acme) if !acme.names.contains(&name) => None,
+            _ => set.default.clone(),
+        }
     }
 }
 
 impl ResolvesServerCert for Certificates {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.select(client_hello.server_name()))
+        if let Some(acme) = &self.acme {
+            let challenge = client_hello
+                .alpn()
+                .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+            if challenge {
+                let resolver = acme
+                    .challenges
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()?;
+                return resolver.resolve(client_hello);
+            }
+        }
+        let key = self.select(client_hello.server_name());
+        if key.is_none() {
+            tracing::debug!(
+                sni = client_hello.server_name(),
+                "no certificate for this name (yet): handshake refused"
+            );
+        }
+        key
     }
 }
 
+/// Loads the configured files; `fallback` is the default when none is configured (the
+/// development certificate, or under ACME the obtained one, `None` before it exists).
 fn load_set(
     settings: &TlsSettings,
-    dev: Option<&Arc<CertifiedKey>>,
+    fallback: Option<Arc<CertifiedKey>>,
+    acme: bool,
     provider: &CryptoProvider,
 ) -> Result<CertSet, TlsError> {
-    let default = match (&settings.default, dev) {
-        (Some(files), _) => Arc::new(load_pair(files, provider)?),
-        (None, Some(dev)) => dev.clone(),
+    let default = match (&settings.default, fallback) {
+        (Some(files), _) => Some(Arc::new(load_pair(files, provider)?)),
+        (None, Some(fallback)) => Some(fallback),
+        (None, None) if acme => None,
         (None, None) => {
             return Err(TlsError::Config(rustls::Error::General(
                 "no default certificate".into(),
@@ -265,11 +369,12 @@ mod tests {
 
     fn certs(settings: TlsSettings) -> Arc<Certificates> {
         let provider = provider();
-        let set = load_set(&settings, None, &provider).unwrap();
+        let set = load_set(&settings, None, false, &provider).unwrap();
         Arc::new(Certificates {
             settings: RwLock::new(settings),
             provider,
             dev: None,
+            acme: None,
             current: RwLock::new(Arc::new(set)),
         })
     }
@@ -291,19 +396,25 @@ mod tests {
             ],
         };
         let certs = certs(settings);
-        let default = certs.select(None);
-        let matrix = certs.select(Some("matrix.example.org."));
-        let wild = certs.select(Some("a.example.net"));
-        assert!(Arc::ptr_eq(&certs.select(Some("other.test")), &default));
+        let default = certs.select(None).unwrap();
+        let matrix = certs.select(Some("matrix.example.org.")).unwrap();
+        let wild = certs.select(Some("a.example.net")).unwrap();
+        assert!(Arc::ptr_eq(
+            &certs.select(Some("other.test")).unwrap(),
+            &default
+        ));
         assert!(!Arc::ptr_eq(&matrix, &default));
         assert!(!Arc::ptr_eq(&wild, &default));
         assert!(!Arc::ptr_eq(&wild, &matrix));
         // A wildcard covers one label only.
         assert!(Arc::ptr_eq(
-            &certs.select(Some("a.b.example.net")),
+            &certs.select(Some("a.b.example.net")).unwrap(),
             &default
         ));
-        assert!(Arc::ptr_eq(&certs.select(Some("example.net")), &default));
+        assert!(Arc::ptr_eq(
+            &certs.select(Some("example.net")).unwrap(),
+            &default
+        ));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -315,11 +426,11 @@ mod tests {
             default: Some(files.clone()),
             sni: vec![],
         });
-        let first = certs.select(None);
+        let first = certs.select(None).unwrap();
         // Good new files: swapped.
         write_pair(&dir, "default", &["example.com"]);
         certs.reload().unwrap();
-        let second = certs.select(None);
+        let second = certs.select(None).unwrap();
         assert_ne!(first.cert, second.cert);
         // A key that does not belong to the certificate: refused, old kept.
         let other = write_pair(&dir, "other", &["example.com"]);
@@ -328,8 +439,68 @@ mod tests {
         // Missing file: refused, old kept.
         std::fs::remove_file(&files.cert).unwrap();
         assert!(matches!(certs.reload(), Err(TlsError::Read { .. })));
-        assert_eq!(certs.select(None).cert, second.cert);
+        assert_eq!(certs.select(None).unwrap().cert, second.cert);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn under_acme_names_get_the_installed_certificate_and_nothing_before() {
+        let config = mxgate_core::config::parse_config(
+            "server_name = \"example.test\"\npublic_url = \"https://matrix.example.test\"\nhomeserver = \"http://127.0.0.1:8008\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let certs = Certificates::load(&config).unwrap();
+        assert!(!certs.has_default());
+        assert!(certs.select(Some("matrix.example.test")).is_none());
+        assert!(certs.select(None).is_none());
+        let key = Arc::new(
+            dev_certificate(
+                &["matrix.example.test".into(), "example.test".into()],
+                &provider(),
+            )
+            .unwrap(),
+        );
+        certs.install(key.clone());
+        assert!(certs.has_default());
+        for name in [Some("matrix.example.test"), Some("Example.test."), None] {
+            assert!(Arc::ptr_eq(&certs.select(name).unwrap(), &key), "{name:?}");
+        }
+        // A name it does not certify gets no certificate rather than a wrong one.
+        assert!(certs.select(Some("other.test")).is_none());
+        // SIGHUP keeps the obtained certificate.
+        certs.reload().unwrap();
+        assert!(Arc::ptr_eq(&certs.select(None).unwrap(), &key));
+        // So does a reload whose configuration adds an SNI certificate; both are served.
+        let dir = temp_dir("acme-reload");
+        let settings = TlsSettings {
+            default: None,
+            sni: vec![SniCertificate {
+                names: vec!["other.test".into()],
+                files: write_pair(&dir, "other", &["other.test"]),
+            }],
+        };
+        certs.reload_with(&settings).unwrap();
+        assert!(Arc::ptr_eq(&certs.select(None).unwrap(), &key));
+        assert!(Arc::ptr_eq(
+            &certs.select(Some("matrix.example.test")).unwrap(),
+            &key
+        ));
+        let other = certs.select(Some("other.test")).unwrap();
+        assert!(!Arc::ptr_eq(&other, &key));
+        // A renewal installed after the reload keeps the reloaded SNI certificate.
+        let renewed =
+            Arc::new(dev_certificate(&["matrix.example.test".into()], &provider()).unwrap());
+        certs.install(renewed.clone());
+        assert!(Arc::ptr_eq(&certs.select(None).unwrap(), &renewed));
+        assert!(Arc::ptr_eq(
+            &certs.select(Some("other.test")).unwrap(),
+            &other
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
+        // The challenge protocol is offered only with TLS-ALPN-01.
+        let alpn = certs.server_config().unwrap().alpn_protocols.clone();
+        assert_eq!(alpn, [b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()]);
     }
 
     #[test]
@@ -395,11 +566,12 @@ mod tests {
         let provider = provider();
         let dev = Arc::new(dev_certificate(&dev_cert_names("localhost"), &provider).unwrap());
         let settings = TlsSettings::default();
-        let set = load_set(&settings, Some(&dev), &provider).unwrap();
+        let set = load_set(&settings, Some(dev.clone()), false, &provider).unwrap();
         let certs = Arc::new(Certificates {
             settings: RwLock::new(settings),
             provider: provider.clone(),
             dev: Some(dev),
+            acme: None,
             current: RwLock::new(Arc::new(set)),
         });
         let server_config = certs.server_config().unwrap();

@@ -22,10 +22,6 @@ use crate::support::{net, report};
 
 /// Each reader's buffer: the most either side is ever read ahead of the engine.
 const READ_BUF: usize = 32 * 1024;
-/// After closing, how long (and how much) client bytes are still read and discarded, so
-/// that unread request bytes do not turn the close into a reset destroying the response.
-const LINGER: Duration = Duration::from_secs(2);
-const LINGER_MAX_BYTES: usize = 1024 * 1024;
 
 /// What wakes a connection thread.
 pub(crate) enum Event {
@@ -181,8 +177,9 @@ pub(crate) fn serve(
     };
     let (events_tx, events) = mpsc::channel();
     let _registered = shared.register(events_tx.clone());
-    // A write to the client must make progress within the body stall time.
-    let ready = tcp.set_write_timeout(Some(timeouts.client_body));
+    // A write to the client must make progress within the send timeout: a client that stops
+    // reading a large response gets its connection closed, and the upstream one with it.
+    let ready = tcp.set_write_timeout(Some(timeouts.send));
     let readers = ready.and_then(|()| Ok((Reader::spawn(&events_tx)?, Reader::spawn(&events_tx)?)));
     let (client_reader, up_reader) = match readers {
         Ok(readers) => readers,
@@ -265,7 +262,7 @@ impl Driver {
         loop {
             self.perform_outputs();
             if self.conn.is_closed() {
-                return self.finish(false);
+                return self.finish();
             }
             if self.reload_due() {
                 self.follow_reload();
@@ -291,7 +288,7 @@ impl Driver {
                 }
                 None => {
                     tracing::warn!("engine waits for nothing and is not closed (engine bug)");
-                    return self.finish(false);
+                    return self.finish();
                 }
             };
             let now = Instant::now();
@@ -329,7 +326,7 @@ impl Driver {
                 }
                 Ok(Event::Reload) => {} // followed at the top of the loop
                 // Disconnected cannot happen: the shutdown registry holds a sender.
-                Ok(Event::Abort) | Err(RecvTimeoutError::Disconnected) => return self.finish(true),
+                Ok(Event::Abort) | Err(RecvTimeoutError::Disconnected) => return self.finish(),
             }
         }
     }
@@ -377,7 +374,8 @@ impl Driver {
     }
 
     fn wants_client(&self) -> bool {
-        let ended = self.client_eof || self.pending_eof || self.client_closed;
+        // After `CloseClient` only the write side is shut: a lingering engine still reads.
+        let ended = self.client_eof || self.pending_eof;
         !ended && self.conn.wants_client_read()
     }
 
@@ -490,7 +488,9 @@ impl Driver {
                     report @ (Output::AccessLog(_)
                     | Output::ExchangeDone(_)
                     | Output::UpstreamFault { .. }) => {
-                        report::handle(&self.generation.config, &self.generation.metrics, report)
+                        let generation = &self.generation;
+                        let health = generation.upstreams.health();
+                        report::handle(&generation.config, &generation.metrics, health, report)
                     }
                 }
             }
@@ -618,39 +618,15 @@ impl Driver {
         }
     }
 
-    /// Closes both sides; lingers on the client unless there is nothing unread to protect
-    /// (its side ended or broke) or the process is shutting down.
-    fn finish(mut self, abort: bool) {
+    /// Closes both sides. Any lingering (reading and discarding after an early answer) was
+    /// the engine's, before it reported itself closed.
+    fn finish(mut self) {
         if let Some(up) = self.up.take() {
             close_upstream(up.stream);
         }
         self.close_client();
-        let ended = self.client_eof || self.pending_eof || self.client_broken;
-        if !(abort || ended || self.shutting_down) {
-            self.linger();
-        }
         // Ends a read under way; the reader threads exit as their job channels close.
         let _ = self.client.shutdown(Shutdown::Both);
-    }
-
-    /// Reads and discards what the client still sends, until EOF or for a bounded time.
-    fn linger(&mut self) {
-        let deadline = Instant::now() + LINGER;
-        let mut discarded = 0;
-        while discarded < LINGER_MAX_BYTES {
-            if !self.client_reader.busy {
-                self.client_reader.start(&self.client, Side::Client);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(Event::Read(Side::Client, buf, Ok(n))) if n > 0 => {
-                    discarded += n;
-                    self.client_reader.done(buf);
-                }
-                Ok(Event::Read(Side::Upstream(_), buf, _)) => self.up_reader.done(buf),
-                _ => return, // EOF, error, time is up, or shutdown
-            }
-        }
     }
 }
 

@@ -117,6 +117,13 @@ pub fn serve_from(
     path: Option<PathBuf>,
     control: Receiver<Control>,
 ) -> anyhow::Result<()> {
+    if config.acme.is_some() {
+        anyhow::bail!(
+            "no [tls] cert and key are configured, so certificates are to come by ACME, and \
+             only the `mxgate` binary (the smol runtime) runs ACME; mxgate-std serves \
+             configured certificates: set [tls] cert and key, or run `mxgate`"
+        );
+    }
     let https = config.listeners.iter().any(|l| l.scheme == Scheme::Https);
     let certs = match https {
         true => Some(Certificates::load(&config).context("cannot load the TLS certificates")?),

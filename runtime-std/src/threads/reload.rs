@@ -145,6 +145,7 @@ impl Listeners {
     /// Installs `config`; `false` when it equals the current one (certificates reloaded).
     fn apply(&mut self, shared: &Arc<Shared>, mut config: Config) -> anyhow::Result<bool> {
         let current = shared.current();
+        reload::refuse_restart_only_changes(&current.config, &config)?;
         let Carried { pools, unchanged } = reload::carry_over(&current.config, &mut config);
         let config = Arc::new(config);
         reload::warn_about_restart_only_settings(&current.config, &config);

@@ -42,7 +42,7 @@ pub(crate) struct Upstreams {
     pools: Vec<Arc<PoolState>>,
     /// `timeouts.upstream_connect`, shared out among the addresses of a backend.
     connect_timeout: Duration,
-    /// A write to the upstream must make progress within `timeouts.upstream_response`.
+    /// A write to the upstream must make progress within `timeouts.send`.
     write_timeout: Duration,
     /// Connect outcomes per backend, for passive ejection.
     health: HealthReporter,
@@ -57,7 +57,7 @@ impl Upstreams {
                 .map(|p| Arc::new(PoolState::new(p)))
                 .collect(),
             connect_timeout: config.timeouts.upstream_connect,
-            write_timeout: config.timeouts.upstream_response,
+            write_timeout: config.timeouts.send,
             health,
         }
     }
@@ -89,9 +89,14 @@ impl Upstreams {
         Upstreams {
             pools,
             connect_timeout: config.timeouts.upstream_connect,
-            write_timeout: config.timeouts.upstream_response,
+            write_timeout: config.timeouts.send,
             health,
         }
+    }
+
+    /// Where connect outcomes and broken answers are reported (passive ejection).
+    pub(crate) fn health(&self) -> &HealthReporter {
+        &self.health
     }
 
     /// A blocking connection to `backend` of `pool`, the others being tried after it as

@@ -21,7 +21,7 @@ fn write_config(out: &mut String, c: &Config) -> fmt::Result {
     )?;
     writeln!(out, "server_name = {}", quote(&c.server_name))?;
     let tls_listener = c.listeners.iter().any(|l| l.scheme == Scheme::Https);
-    if tls_listener && c.tls.default.is_none() {
+    if tls_listener && c.tls.default.is_none() && c.acme.is_none() {
         writeln!(
             out,
             "# No certificate: the runtime generates a self-signed development one."
@@ -102,9 +102,42 @@ fn write_config(out: &mut String, c: &Config) -> fmt::Result {
         }
     }
 
+    if let Some(acme) = &c.acme {
+        writeln!(
+            out,
+            "\n# Certificates by ACME; plain listeners answer http-01 challenges and redirect"
+        )?;
+        writeln!(
+            out,
+            "# everything else to https (port {}) with 308.",
+            acme.https_port
+        )?;
+        writeln!(out, "[acme]")?;
+        writeln!(out, "names = {}", string_list(&acme.names))?;
+        if let Some(email) = &acme.email {
+            writeln!(out, "email = {}", quote(email))?;
+        }
+        writeln!(out, "directory = {}", quote(&acme.directory))?;
+        if let Some(ca_root) = &acme.ca_root {
+            writeln!(out, "ca_root = {}", quote(&ca_root.display().to_string()))?;
+        }
+        writeln!(
+            out,
+            "state_dir = {}",
+            quote(&acme.state_dir.display().to_string())
+        )?;
+        let kinds: Vec<String> = acme
+            .challenges
+            .iter()
+            .map(|k| k.as_str().to_string())
+            .collect();
+        writeln!(out, "challenges = {}", string_list(&kinds))?;
+    }
+
     let l = &c.limits;
     writeln!(out, "\n[limits]")?;
     writeln!(out, "max_body = {}", render_size(l.max_body_bytes))?;
+    writeln!(out, "max_linger = {}", render_size(l.max_linger_bytes))?;
     let sizes = [
         ("max_request_line", l.max_request_line_bytes),
         ("max_head", l.max_head_bytes),
@@ -126,6 +159,9 @@ fn write_config(out: &mut String, c: &Config) -> fmt::Result {
         ("upstream_response", t.upstream_response),
         ("tls_handshake", t.tls_handshake),
         ("drain", t.drain),
+        ("send", t.send),
+        ("linger", t.linger),
+        ("linger_read", t.linger_read),
     ];
     for (key, d) in durations {
         writeln!(out, "{key} = {}", render_duration(d))?;

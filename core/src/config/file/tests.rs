@@ -78,6 +78,7 @@ max_head = 65536
 max_headers = 50
 max_response_head = "1M"
 max_pipelined = "128K"
+max_linger = "1GiB"
 
 [timeouts]
 client_header = "10s"
@@ -87,6 +88,9 @@ upstream_connect = "1500ms"
 upstream_response = "1h"
 tls_handshake = "7s"
 drain = 0
+send = "20s"
+linger = "10s"
+linger_read = "2s"
 
 [forwarding]
 trusted_proxies = ["10.0.0.0/8", "::1"]
@@ -354,6 +358,7 @@ fn every_documented_key_overrides_the_defaults() {
     assert_eq!(l.max_headers, 50);
     assert_eq!(l.max_response_head_bytes, 1 << 20);
     assert_eq!(l.max_pipelined_bytes, 128 << 10);
+    assert_eq!(l.max_linger_bytes, 1 << 30);
 
     let t = &c.timeouts;
     assert_eq!(t.client_header, Duration::from_secs(10));
@@ -363,6 +368,9 @@ fn every_documented_key_overrides_the_defaults() {
     assert_eq!(t.upstream_response, Duration::from_secs(3600));
     assert_eq!(t.tls_handshake, Duration::from_secs(7));
     assert_eq!(t.drain, Duration::ZERO);
+    assert_eq!(t.send, Duration::from_secs(20));
+    assert_eq!(t.linger, Duration::from_secs(10));
+    assert_eq!(t.linger_read, Duration::from_secs(2));
 
     let ip = |s: &str| s.parse::<core::net::IpAddr>().unwrap();
     assert_eq!(c.forwarding.trusted_proxies.len(), 2);
@@ -669,17 +677,59 @@ fn missing_server_name_and_homeserver_are_errors() {
 }
 
 #[test]
-fn tls_listeners_need_a_certificate_unless_dev_self_signed() {
-    let no_tls = "server_name = \"example.com\"\nhomeserver = \"http://127.0.0.1:8008\"\n";
-    let e = fail(no_tls);
-    assert_eq!(e.key, "tls");
-    assert!(e.message.contains("dev_self_signed = true"));
-    let c = parse(&format!("{no_tls}dev_self_signed = true\n"));
+fn tls_listeners_without_a_certificate_get_one_by_acme() {
+    let no_tls = "server_name = \"example.com\"\npublic_url = \"https://Matrix.example.com\"\nhomeserver = \"http://127.0.0.1:8008\"\n";
+    let c = parse(no_tls);
     assert_eq!(c.tls.default, None);
-    assert_eq!(c.listeners[0].scheme, Scheme::Https);
+    let acme = c.acme.expect("ACME is the zero-config path");
+    assert_eq!(acme.names, ["matrix.example.com", "example.com"]);
+    assert_eq!(acme.directory, LETS_ENCRYPT_DIRECTORY);
+    assert_eq!(acme.state_dir, Path::new("/var/lib/mxgate"));
+    assert_eq!(acme.email, None);
+    // No plain listener in the short form: TLS-ALPN-01 only.
+    assert_eq!(acme.challenges, [AcmeChallenge::TlsAlpn01]);
+    assert_eq!(acme.https_port, 443);
 
-    let explicit =
-        format!("{no_tls}[[listeners]]\nrole = \"federation\"\nbind = \"[::]:8448\"\ntls = true\n");
+    // The development configuration keeps its self-signed certificate.
+    let c = parse(&format!("{no_tls}dev_self_signed = true\n"));
+    assert!(c.acme.is_none());
+    assert!(parse(EMBEDDED_DEFAULT).acme.is_none());
+    // Configured files keep working as they did.
+    assert!(parse(SHORT).acme.is_none());
+
+    // With a plain listener: both challenges, redirects to the TLS listener's port.
+    let listeners = "[[listeners]]\nrole = \"client\"\nbind = \"127.0.0.1:8080\"\n[[listeners]]\nrole = \"client\"\nbind = \"127.0.0.1:8443\"\ntls = true\n";
+    let c = parse(&format!("{no_tls}{listeners}"));
+    let acme = c.acme.unwrap();
+    assert_eq!(
+        acme.challenges,
+        [AcmeChallenge::TlsAlpn01, AcmeChallenge::Http01]
+    );
+    assert_eq!(acme.https_port, 8443);
+
+    let c = parse(&format!(
+        "{no_tls}{listeners}[acme]\nnames = [\"m.example.net\"]\nemail = \"admin@example.com\"\ndirectory = \"https://127.0.0.1:14000/dir\"\nca_root = \"/etc/mxgate/acme-ca.pem\"\nstate_dir = \"/tmp/acme\"\nchallenges = [\"http-01\"]\n"
+    ));
+    let acme = c.acme.unwrap();
+    assert_eq!(acme.names, ["m.example.net"]);
+    assert_eq!(acme.email.as_deref(), Some("admin@example.com"));
+    assert_eq!(acme.directory, "https://127.0.0.1:14000/dir");
+    assert_eq!(
+        acme.ca_root.as_deref(),
+        Some(Path::new("/etc/mxgate/acme-ca.pem"))
+    );
+    assert_eq!(acme.state_dir, Path::new("/tmp/acme"));
+    assert_eq!(acme.challenges, [AcmeChallenge::Http01]);
+
+    // Nothing to certify: the old error, which now names the ACME way too.
+    let ip_only = "server_name = \"127.0.0.1\"\nhomeserver = \"http://127.0.0.1:8008\"\n";
+    let e = fail(ip_only);
+    assert_eq!(e.key, "tls");
+    assert!(e.message.contains("dev_self_signed = true"), "{e}");
+    assert!(e.message.contains("ACME"), "{e}");
+    let explicit = format!(
+        "{ip_only}[[listeners]]\nrole = \"federation\"\nbind = \"[::]:8448\"\ntls = true\n"
+    );
     let e = fail(&explicit);
     assert_eq!((e.line, e.key.as_str()), (6, "listeners[0].tls"));
 
@@ -688,9 +738,109 @@ fn tls_listeners_need_a_certificate_unless_dev_self_signed() {
         "{no_tls}[[listeners]]\nrole = \"client\"\nbind = \"127.0.0.1:8080\"\n"
     ));
     assert_eq!(c.listeners[0].scheme, Scheme::Http);
+    assert!(c.acme.is_none());
 
     let e = fail(&format!("{no_tls}[tls]\ncert = \"/c.pem\"\n"));
-    assert_eq!((e.line, e.key.as_str()), (3, "tls.key"));
+    assert_eq!((e.line, e.key.as_str()), (4, "tls.key"));
+}
+
+#[test]
+fn acme_errors_name_the_key() {
+    let base = "server_name = \"example.com\"\nhomeserver = \"http://127.0.0.1:8008\"\n";
+    let cases: &[(&str, usize, &str, &str)] = &[
+        (
+            "[acme]\nemai = \"a@b.c\"\n",
+            4,
+            "acme.emai",
+            "did you mean `email`?",
+        ),
+        (
+            "[acme]\nemail = \"nobody\"\n",
+            4,
+            "acme.email",
+            "is not an email address",
+        ),
+        (
+            "[acme]\nemail = \"mailto:a@b.c\"\n",
+            4,
+            "acme.email",
+            "is not an email address",
+        ),
+        (
+            "[acme]\ndirectory = \"http://ca.test/dir\"\n",
+            4,
+            "acme.directory",
+            "over HTTPS",
+        ),
+        (
+            "[acme]\ndirectory = \"ca.test\"\n",
+            4,
+            "acme.directory",
+            "expected an ACME directory URL",
+        ),
+        (
+            "[acme]\nchallenges = [\"dns-01\"]\n",
+            4,
+            "acme.challenges[0]",
+            "unknown challenge `dns-01`",
+        ),
+        (
+            "[acme]\nchallenges = [\"http-01\"]\n",
+            4,
+            "acme.challenges[0]",
+            "none is configured",
+        ),
+        (
+            "[acme]\nchallenges = []\n",
+            4,
+            "acme.challenges",
+            "at least one",
+        ),
+        (
+            "[acme]\nchallenges = [\"tls-alpn-01\", \"tls-alpn-01\"]\n",
+            4,
+            "acme.challenges[1]",
+            "listed twice",
+        ),
+        ("[acme]\nstate_dir = \"\"\n", 4, "acme.state_dir", "empty"),
+        (
+            "[acme]\nnames = [\"10.0.0.1\"]\n",
+            4,
+            "acme.names",
+            "is an address",
+        ),
+        (
+            "[acme]\nnames = [\"a b\"]\n",
+            4,
+            "acme.names[0]",
+            "not a valid host name",
+        ),
+        (
+            "dev_self_signed = true\n[acme]\n",
+            4,
+            "acme",
+            "dev_self_signed",
+        ),
+        (
+            "[tls]\ncert = \"/c\"\nkey = \"/k\"\n[acme]\n",
+            6,
+            "acme",
+            "remove them",
+        ),
+    ];
+    for (extra, line, key, message) in cases {
+        let e = fail(&format!("{base}{extra}"));
+        assert_eq!((e.line, e.key.as_str()), (*line, *key), "{e}");
+        assert!(e.message.contains(message), "{e}");
+    }
+    let plain_only =
+        format!("{base}[[listeners]]\nrole = \"client\"\nbind = \"127.0.0.1:80\"\n[acme]\n");
+    let e = fail(&plain_only);
+    assert_eq!(e.key, "acme");
+    assert!(
+        e.message.contains("nothing to get a certificate for"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -890,6 +1040,9 @@ fn render_effective_round_trips() {
     assert_round_trip(SHORT);
     assert_round_trip(EMBEDDED_DEFAULT);
     assert_round_trip(FULL);
+    // Certificates by ACME, derived and explicit.
+    assert_round_trip("server_name = \"example.com\"\npublic_url = \"https://matrix.example.com\"\nhomeserver = \"http://127.0.0.1:8008\"\n");
+    assert_round_trip("server_name = \"example.com\"\nhomeserver = \"http://127.0.0.1:8008\"\n[[listeners]]\nrole = \"client\"\nbind = \"127.0.0.1:80\"\n[[listeners]]\nrole = \"client\"\nbind = \"127.0.0.1:443\"\ntls = true\n[acme]\nemail = \"a@example.com\"\nca_root = \"/ca.pem\"\nstate_dir = \"/s\"\nchallenges = [\"http-01\"]\ndirectory = \"https://ca.test/dir\"\n");
     assert_round_trip(&short_with(concat!(
         "[well_known]\n",
         "server = false\n",
