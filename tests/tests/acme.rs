@@ -3,7 +3,8 @@
 //! served chain verified against Pebble's root by a real TLS client, a restart that reuses
 //! the stored certificate (Pebble sees no new order), a restart with Pebble stopped,
 //! renewal of a short-lived certificate under an open connection, and the time before the
-//! first certificate. Only the `mxgate` binary runs ACME (mxgate-std refuses it: tested
+//! first certificate; a configuration reload keeps the obtained certificate served. Only
+//! the `mxgate` binary runs ACME (mxgate-std refuses it: tested
 //! too). Pebble rejects 5 % of nonces, as by default, so orders are retried.
 
 use std::os::unix::fs::PermissionsExt;
@@ -225,7 +226,7 @@ fn http_01_issues_and_plain_http_redirects() {
         "[\"http-01\"]",
         true,
     );
-    let proxy = Proxy::start_on(&rt, config, &ports);
+    let proxy = Proxy::start_on(&rt, config.clone(), &ports);
     let trusting_pebble = pebble.client_config(&pki);
     let cert =
         wait_for(ISSUANCE, || served(&proxy, &trusting_pebble, NAMES[0])).unwrap_or_else(|| {
@@ -234,6 +235,20 @@ fn http_01_issues_and_plain_http_redirects() {
                 pebble.log()
             )
         });
+    // A configuration reload (SIGHUP) keeps serving the obtained certificate.
+    let reloaded = config.max_body("1MiB").render(&ports);
+    std::fs::write(&proxy.config_path, reloaded).expect("rewrite config");
+    proxy.signal(libc::SIGHUP);
+    wait_for(Duration::from_secs(10), || {
+        proxy.log().contains("configuration reloaded").then_some(())
+    })
+    .unwrap_or_else(|| panic!("no reload in the log:\n{}", proxy.log_tail(30)));
+    assert_eq!(
+        served(&proxy, &trusting_pebble, NAMES[0]).as_deref(),
+        Some(&cert[..]),
+        "the ACME certificate after a reload:\n{}",
+        proxy.log_tail(30)
+    );
     // Validated by HTTP-01: Pebble's validation fetched the key authorization from mxgate.
     assert!(
         proxy

@@ -473,6 +473,29 @@ mod tests {
     }
 
     #[test]
+    fn certificate_expiry_is_one_series_across_reloads() {
+        let config = crate::support::testutil::config();
+        let metrics = Metrics::new(&config);
+        metrics.certificate_expiry("matrix.example.com", 1_000);
+        let reloaded = metrics.reconfigured(&config, &vec![None; config.pools.len()]);
+        reloaded.certificate_expiry("matrix.example.com", 2_000);
+        for text in [metrics.encode(), reloaded.encode()] {
+            assert_eq!(
+                text.matches("# TYPE mxgate_certificate_expiry_seconds")
+                    .count(),
+                1,
+                "{text}"
+            );
+            assert!(
+                text.contains(
+                    r#"mxgate_certificate_expiry_seconds{name="matrix.example.com"} 2000"#
+                ),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn head_completion() {
         assert!(!head_complete(b"GET /metrics HTTP/1.1\r\nHost: x\r\n"));
         assert!(head_complete(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"));
