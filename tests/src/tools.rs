@@ -34,6 +34,8 @@ use crate::synapse::{repo_root, run_bounded};
 /// `apt-get update` / `download`, `pip install`, `python3 -m venv`: network-bound; leave room
 /// for a slow mirror.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(600);
+/// `cargo install` of a tool: a build from source on a possibly busy machine.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(1800);
 /// A probe such as `haproxy -v` or `postgres --version`.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 /// At most this many packages are unpacked for one Debian tool (itself and missing libraries).
@@ -211,12 +213,15 @@ pub fn wheel_tool(name: &str) -> Result<PathBuf, String> {
     })
 }
 
-/// Cargo subcommand `cargo-<name>` at exactly `version`: the one cargo finds (on `PATH` or
-/// in `~/.cargo/bin`) when `cargo <name> --version` names it, else `cargo install <name>
-/// --version <version> --locked --root target/cargo-tools/<name>` (built once, reused).
-/// Returns the program to run as `program <name> …` (cargo's own calling convention).
+/// Cargo subcommand `cargo <name>` (crate `cargo-<name>`) at exactly `version`: the one
+/// cargo finds (on `PATH` or in `~/.cargo/bin`) when `cargo <name> --version` names it,
+/// else `cargo install cargo-<name> --version <version> --locked --root
+/// target/cargo-tools/<name>` (built once, reused). Returns the program to run as
+/// `program <name> …` (cargo's own calling convention).
 pub fn cargo_tool(name: &str, version: &str) -> Result<PathBuf, String> {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let krate = format!("cargo-{name}");
+    let fix = format!("Fix: cargo install {krate} --version {version} --locked");
     let reports = |cmd: Command| -> bool {
         run_bounded("probe", cmd, PROBE_TIMEOUT)
             .is_ok_and(|(st, out)| st.is_some_and(|s| s.success()) && out.contains(version))
@@ -224,48 +229,40 @@ pub fn cargo_tool(name: &str, version: &str) -> Result<PathBuf, String> {
     let mut cmd = Command::new(&cargo);
     cmd.args([name, "--version"]);
     if reports(cmd) {
-        let which = format!("cargo-{name}");
-        if let Some(path) = output_of("sh", &["-c", &format!("command -v {which}")]) {
+        if let Some(path) = output_of("sh", &["-c", &format!("command -v {krate}")]) {
             return Ok(PathBuf::from(path));
         }
         let home = env::var_os("CARGO_HOME")
             .map(PathBuf::from)
             .or_else(|| env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
         if let Some(program) = home
-            .map(|h| h.join("bin").join(&which))
+            .map(|h| h.join("bin").join(&krate))
             .filter(|p| p.is_file())
         {
             return Ok(program);
         }
     }
-    let want = format!("cargo {name} {version}\n");
+    let want = format!("cargo {krate} {version}\n");
     let dir = cached(&target_dir().join("cargo-tools"), name, &want, |tmp| {
         let mut cmd = Command::new(&cargo);
-        cmd.args([
-            "install",
-            "--quiet",
-            name,
-            "--version",
-            version,
-            "--locked",
-            "--root",
-        ])
-        .arg(tmp)
-        // Its own build directory: never this workspace's target/ (nor its lock).
-        .env("CARGO_TARGET_DIR", tmp.join("build"));
-        let built = run_ok("cargo install", cmd, FETCH_TIMEOUT);
+        cmd.args(["install", "--quiet", &krate, "--version", version])
+            .args(["--locked", "--root"])
+            .arg(tmp)
+            // Its own build directory: never this workspace's target/ (nor its lock).
+            .env("CARGO_TARGET_DIR", tmp.join("build"));
+        let built = run_ok("cargo install", cmd, BUILD_TIMEOUT);
         let _ = fs::remove_dir_all(tmp.join("build"));
         built
     })
-    .map_err(|e| format!("{e}\nFix: cargo install {name} --version {version} --locked"))?;
-    let program = dir.join("bin").join(format!("cargo-{name}"));
+    .map_err(|e| format!("{e}\n{fix}"))?;
+    let program = dir.join("bin").join(&krate);
     let mut cmd = Command::new(&program);
     cmd.args([name, "--version"]);
     if reports(cmd) {
         Ok(program)
     } else {
         Err(format!(
-            "{} does not report version {version}\nFix: cargo install {name} --version {version} --locked",
+            "{} does not report version {version}\n{fix}",
             program.display()
         ))
     }
