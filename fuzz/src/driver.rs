@@ -773,8 +773,10 @@ impl Driver {
                         Ok(m) => body_kind(m.framing),
                         Err(p) => body_kind(p.framing),
                     };
+                    // An absolute-form target goes upstream in origin form.
                     let same = |r: &&ClientRequest| {
-                        r.head.method == head.method && r.head.target == head.target
+                        r.head.method == head.method
+                            && wire::origin_form(&r.head.target) == head.target
                     };
                     let rest = &requests.heads[next..];
                     let found = rest

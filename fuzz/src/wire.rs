@@ -154,6 +154,30 @@ fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
+/// The origin form a proxy forwards for `target`: an absolute-form target
+/// (`http://authority/path?q`, RFC 9112 §3.2.2) loses its scheme and authority, an empty
+/// path becoming `/`; any other target is itself.
+pub fn origin_form(target: &[u8]) -> Vec<u8> {
+    let lower = target.to_ascii_lowercase();
+    let scheme = [&b"http://"[..], b"https://"]
+        .into_iter()
+        .find(|s| lower.starts_with(s));
+    let Some(scheme) = scheme else {
+        return target.to_vec();
+    };
+    let rest = &target[scheme.len()..];
+    let path = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .map_or(&b""[..], |i| &rest[i..]);
+    let mut out = Vec::with_capacity(path.len() + 1);
+    if !path.starts_with(b"/") {
+        out.push(b'/');
+    }
+    out.extend_from_slice(path);
+    out
+}
+
 /// Reads a request head.
 pub fn request_head(buf: &[u8]) -> Read<Head> {
     let (start, end) = match find_head(buf) {

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use rustls::{ClientConfig, RootCertStore};
+use rustls::ClientConfig;
 
 use crate::client::Client;
-use crate::pki::{provider, Pki};
+use crate::pki::Pki;
 use crate::proxy::free_ports;
 use crate::synapse::ProcessGuard;
 
@@ -154,15 +154,7 @@ impl Pebble {
 
     /// A client configuration trusting only Pebble's root (ALPN `http/1.1`).
     pub fn client_config(&self, pki: &Pki) -> Arc<ClientConfig> {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.root(pki)).expect("pebble root");
-        let mut config = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(config)
+        crate::pki::client_config_trusting(self.root(pki))
     }
 
     /// Stops Pebble (by PID); its DNS server stays until drop.

@@ -116,15 +116,7 @@ impl Pki {
 
     /// A rustls client config trusting only the test CA (ALPN `http/1.1`).
     pub fn client_config(&self) -> Arc<ClientConfig> {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.ca_der()).expect("add CA");
-        let mut config = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(config)
+        client_config_trusting(self.ca_der())
     }
 
     /// A rustls server config for `files` (for the harness's own tests).
@@ -173,4 +165,17 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) {
     let tmp = path.with_extension("tmp-write");
     fs::write(&tmp, bytes).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
     fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
+}
+
+/// A rustls client config trusting only `root` (ALPN `http/1.1`).
+pub fn client_config_trusting(root: CertificateDer<'static>) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(root).expect("add the root certificate");
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
 }

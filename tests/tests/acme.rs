@@ -74,6 +74,21 @@ fn served(
         .and_then(|c| c.peer_cert)
 }
 
+/// The certificate served for the first name, once issued; panics with Pebble's log when
+/// none comes within [`ISSUANCE`].
+fn first_certificate(
+    proxy: &Proxy,
+    trusting_pebble: &std::sync::Arc<rustls::ClientConfig>,
+    pebble: &Pebble,
+) -> Vec<u8> {
+    wait_for(ISSUANCE, || served(proxy, trusting_pebble, NAMES[0])).unwrap_or_else(|| {
+        panic!(
+            "no certificate within {ISSUANCE:?}\npebble:\n{}",
+            pebble.log()
+        )
+    })
+}
+
 fn stored_files(state: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for dir in std::fs::read_dir(state).expect("state dir").flatten() {
@@ -113,13 +128,7 @@ fn tls_alpn_01_issues_then_restarts_reuse_the_stored_certificate() {
     let started = Instant::now();
     let proxy = Proxy::start_on(&rt, config.clone(), &ports);
     let trusting_pebble = pebble.client_config(&pki);
-    let cert =
-        wait_for(ISSUANCE, || served(&proxy, &trusting_pebble, NAMES[0])).unwrap_or_else(|| {
-            panic!(
-                "no certificate within {ISSUANCE:?}\npebble:\n{}",
-                pebble.log()
-            )
-        });
+    let cert = first_certificate(&proxy, &trusting_pebble, &pebble);
     println!(
         "certificate served {:.1} s after the test began",
         started.elapsed().as_secs_f64()
@@ -228,13 +237,7 @@ fn http_01_issues_and_plain_http_redirects() {
     );
     let proxy = Proxy::start_on(&rt, config.clone(), &ports);
     let trusting_pebble = pebble.client_config(&pki);
-    let cert =
-        wait_for(ISSUANCE, || served(&proxy, &trusting_pebble, NAMES[0])).unwrap_or_else(|| {
-            panic!(
-                "no certificate within {ISSUANCE:?}\npebble:\n{}",
-                pebble.log()
-            )
-        });
+    let cert = first_certificate(&proxy, &trusting_pebble, &pebble);
     // A configuration reload (SIGHUP) keeps serving the obtained certificate.
     let reloaded = config.max_body("1MiB").render(&ports);
     std::fs::write(&proxy.config_path, reloaded).expect("rewrite config");
@@ -328,13 +331,7 @@ fn renewal_swaps_the_certificate_under_an_open_connection() {
     );
     let proxy = Proxy::start_on(&rt, config, &[tls_port]);
     let trusting_pebble = pebble.client_config(&pki);
-    let first =
-        wait_for(ISSUANCE, || served(&proxy, &trusting_pebble, NAMES[0])).unwrap_or_else(|| {
-            panic!(
-                "no certificate within {ISSUANCE:?}\npebble:\n{}",
-                pebble.log()
-            )
-        });
+    let first = first_certificate(&proxy, &trusting_pebble, &pebble);
     let mut open = Client::try_tls(proxy.client_tls(), trusting_pebble.clone(), NAMES[0]).unwrap();
     assert_eq!(open.peer_cert.as_deref(), Some(&first[..]));
     assert_eq!(
@@ -447,13 +444,7 @@ fn after_failed_orders_the_next_challenge_kind_is_tried() {
     );
     let proxy = Proxy::start_on(&mxgate(), config, &ports[..2]);
     let trusting_pebble = pebble.client_config(&pki);
-    let cert =
-        wait_for(ISSUANCE, || served(&proxy, &trusting_pebble, NAMES[0])).unwrap_or_else(|| {
-            panic!(
-                "no certificate within {ISSUANCE:?}\npebble:\n{}",
-                pebble.log()
-            )
-        });
+    let cert = first_certificate(&proxy, &trusting_pebble, &pebble);
     assert!(!cert.is_empty());
     let log = proxy.log();
     assert!(

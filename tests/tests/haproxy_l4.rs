@@ -138,30 +138,17 @@ fn two_replicas_behind_haproxy_tcp_mode_agree_on_placement() {
         let main = NamedOrigin::start("main");
         let sync = [NamedOrigin::start("sync1"), NamedOrigin::start("sync2")];
         let pki = Pki::new();
-        let config = ProxyConfig {
-            server_name: "localhost".into(),
-            public_url: None,
-            homeserver: main.url(),
-            tls: Some((pki.server.cert.clone(), pki.server.key.clone())),
-            sni: Vec::new(),
-            listeners: vec![ListenerSpec {
-                role: Role::Client,
-                tls: false,
-            }],
-            top: Vec::new(),
-            sections: Vec::new(),
-            listener_lines: Vec::new(),
-        }
-        .listener_line(0, "proxy_protocol = true")
-        .trusted_proxies(&["127.0.0.1"])
-        .section(
-            "workers.synchrotron",
-            &format!(
-                "backends = [\"{}\", \"{}\"]\nhealth_interval = \"1s\"",
-                sync[0].url(),
-                sync[1].url()
-            ),
-        );
+        let config = ProxyConfig::plain_client(main.url(), &pki)
+            .listener_line(0, "proxy_protocol = true")
+            .trusted_proxies(&["127.0.0.1"])
+            .section(
+                "workers.synchrotron",
+                &format!(
+                    "backends = [\"{}\", \"{}\"]\nhealth_interval = \"1s\"",
+                    sync[0].url(),
+                    sync[1].url()
+                ),
+            );
         let replicas = [Proxy::start(rt, config.clone()), Proxy::start(rt, config)];
         let haproxy = Haproxy::start(
             &bin,

@@ -50,20 +50,27 @@ fn allowed(s: &[u8], byte: impl Fn(u8) -> bool) -> Result<(), Reject> {
 }
 
 /// Whether every byte of `s` passes `byte`: 32 bytes at a time into a byte accumulator,
-/// without an early exit, which the compiler turns into vector compares.
+/// without an early exit, which the compiler turns into vector compares. The last partial
+/// block is checked padded with an allowed byte, so short values (a host) take the vector
+/// path too.
 #[inline(always)]
 fn all_bytes(s: &[u8], byte: impl Fn(u8) -> bool) -> bool {
+    #[inline(always)]
+    fn block(block: &[u8; 32], byte: &impl Fn(u8) -> bool) -> u8 {
+        block.iter().fold(0u8, |m, &b| m | u8::from(!byte(b)))
+    }
     let mut chunks = s.chunks_exact(32);
     let mut bad = 0u8;
     for chunk in &mut chunks {
-        let mut m = 0u8;
-        for &b in chunk {
-            m |= u8::from(!byte(b));
-        }
-        bad |= m;
+        let mut whole = [0u8; 32];
+        whole.copy_from_slice(chunk);
+        bad |= block(&whole, &byte);
     }
-    for &b in chunks.remainder() {
-        bad |= u8::from(!byte(b));
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut padded = [b'a'; 32];
+        padded[..rest.len()].copy_from_slice(rest);
+        bad |= block(&padded, &byte);
     }
     bad == 0
 }
