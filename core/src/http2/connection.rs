@@ -1080,7 +1080,7 @@ impl Connection {
                 code,
                 by_peer: false,
             });
-        } else {
+        } else if self.recent.get(stream).is_none() {
             self.recent.add(stream, true);
         }
         self.count(Abuse::Reset)
