@@ -91,6 +91,8 @@ pub enum SendError {
     WrongOrder,
     /// Our side of the stream is already closed.
     Closed,
+    /// A status HTTP/2 cannot carry (101, §8.6) or an informational one with END_STREAM.
+    BadStatus,
 }
 
 /// Which deadline [`Connection::poll_timeout`] is for.
@@ -420,6 +422,7 @@ impl Connection {
 
     /// Sends the response head of `stream`: `status`, then `headers` (names are
     /// lower-cased; connection-specific fields are dropped, RFC 9113 §8.2.2).
+    /// Informational heads (1xx but 101) may come first, any number of them (§8.1).
     pub fn send_response_head<'a>(
         &mut self,
         stream: u32,
@@ -434,7 +437,11 @@ impl Connection {
         if !s.send_open() {
             return Err(SendError::Closed);
         }
-        s.responded = true;
+        let informational = status < 200;
+        if status == 101 || (informational && end_stream) {
+            return Err(SendError::BadStatus);
+        }
+        s.responded = !informational;
         let digits = status_digits(status);
         let mut lowered: Vec<(Vec<u8>, &'a [u8])> = Vec::new();
         for (name, value) in headers {

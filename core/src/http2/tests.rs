@@ -399,6 +399,44 @@ fn a_request_and_its_response_travel_as_frames() {
 }
 
 #[test]
+fn rfc9113_8_1_informational_heads_come_before_the_final_one() {
+    let mut c = Client::new();
+    c.request(1, false);
+    let none = || std::iter::empty::<(&[u8], &[u8])>();
+    assert_eq!(
+        c.conn.send_response_head(1, 101, none(), false),
+        Err(SendError::BadStatus)
+    );
+    assert_eq!(
+        c.conn.send_response_head(1, 100, none(), true),
+        Err(SendError::BadStatus)
+    );
+    assert_eq!(c.conn.send_response_head(1, 100, none(), false), Ok(()));
+    assert_eq!(
+        c.conn.send_data(1, Bytes::from_static(b"x"), false),
+        Err(SendError::WrongOrder),
+        "no body before the final head"
+    );
+    assert_eq!(c.conn.send_response_head(1, 200, none(), false), Ok(()));
+    assert_eq!(
+        c.conn.send_response_head(1, 200, none(), false),
+        Err(SendError::WrongOrder)
+    );
+    let statuses: Vec<String> = c
+        .frames()
+        .into_iter()
+        .filter_map(|f| match f {
+            Frame::Headers { block, .. } => Some(block),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|b| c.response_fields(b)[0].1.clone())
+        .collect();
+    assert_eq!(statuses, ["100", "200"]);
+}
+
+#[test]
 fn rfc9113_8_1_request_body_flows_and_trailers_end_it() {
     let mut c = Client::new();
     let mut fields = GET.to_vec();
