@@ -566,7 +566,7 @@ impl Connection {
         }
     }
 
-    /// Begins a graceful shutdown (drain, reload): GOAWAY with 2^31-1 and a PING, then,
+    /// Begins a graceful shutdown (drain, reload): a PING and GOAWAY with 2^31-1, then,
     /// once the PING is answered (or after `shutdown_ping_timeout`), GOAWAY with the last
     /// stream id processed. Streams already open run to their end; then the connection
     /// closes.
@@ -575,8 +575,12 @@ impl Connection {
         if self.phase == Phase::Closed || self.shutdown != Shutdown::None {
             return;
         }
-        frame::encode_goaway(&mut self.out, MAX_WINDOW, ErrorCode::NO_ERROR, b"");
+        // The PING goes first: some clients (python-hyper's h2) accept nothing but GOAWAY
+        // once they have one. Its ACK still tells us the client has read the GOAWAY that
+        // follows it in the same write; a stream it opened in between is above the final
+        // GOAWAY's id, which tells the client it is safe to retry.
         frame::encode_ping(&mut self.out, false, SHUTDOWN_PING);
+        frame::encode_goaway(&mut self.out, MAX_WINDOW, ErrorCode::NO_ERROR, b"");
         self.shutdown = Shutdown::Pinging {
             deadline: now + self.limits.shutdown_ping_timeout,
         };
