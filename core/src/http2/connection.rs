@@ -618,7 +618,13 @@ impl Connection {
                 Err(FrameError::Stream(id, code, why)) => {
                     // Only PRIORITY and WINDOW_UPDATE give stream errors: never allowed
                     // inside a header block, nor as the first frame.
-                    if self.assembly.is_some() || self.phase == Phase::FirstSettings {
+                    if self.phase == Phase::FirstSettings {
+                        return Err(ConnectionError::new(
+                            ErrorCode::PROTOCOL_ERROR,
+                            "the preface is not followed by SETTINGS",
+                        ));
+                    }
+                    if self.assembly.is_some() {
                         return Err(ConnectionError::new(
                             ErrorCode::PROTOCOL_ERROR,
                             "frame inside a header block",

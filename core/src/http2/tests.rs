@@ -791,6 +791,93 @@ fn rfc9113_6_8_client_goaway_closes_once_streams_end() {
     assert!(c.conn.is_closed());
 }
 
+/// The rest of h2spec's list that the tests above do not name, one case each: what the
+/// client sends after a request on stream 1 (open, no END_STREAM), and the answer.
+#[test]
+fn h2spec_remaining_cases() {
+    enum Want {
+        Fine,
+        Conn(ErrorCode),
+        Stream(ErrorCode),
+    }
+    type Case = (&'static str, fn(&mut Client), Want);
+    let cases: [Case; 10] = [
+        (
+            "4.2/1 DATA of exactly 2^14 octets",
+            |c| c.data(1, &[0; 16_384], false),
+            Want::Fine,
+        ),
+        (
+            "4.1/2 undefined flags are ignored",
+            |c| c.raw(kind::PING, 0xfe, 0, &[0; 8]),
+            Want::Fine,
+        ),
+        (
+            "6.5/2 SETTINGS on a stream",
+            |c| c.raw(kind::SETTINGS, 0, 1, &[]),
+            Want::Conn(ErrorCode::PROTOCOL_ERROR),
+        ),
+        (
+            "6.8/1 GOAWAY on a stream",
+            |c| c.raw(kind::GOAWAY, 0, 1, &[0; 8]),
+            Want::Conn(ErrorCode::PROTOCOL_ERROR),
+        ),
+        (
+            "7/1 GOAWAY with an unknown code",
+            |c| c.raw(kind::GOAWAY, 0, 0, &[0, 0, 0, 0, 0, 0, 0, 0xff]),
+            Want::Fine,
+        ),
+        (
+            "7/2 RST_STREAM with an unknown code",
+            |c| c.rst(1, ErrorCode(0xff)),
+            Want::Fine,
+        ),
+        (
+            "6.10/4 CONTINUATION after END_HEADERS",
+            |c| c.raw(kind::CONTINUATION, flag::END_HEADERS, 1, b"\x82"),
+            Want::Conn(ErrorCode::PROTOCOL_ERROR),
+        ),
+        (
+            "8.1/1 second HEADERS without END_STREAM",
+            |c| {
+                let b = c.block(&[("x-t", "1")]);
+                c.raw(kind::HEADERS, flag::END_HEADERS, 1, &b);
+            },
+            Want::Stream(ErrorCode::PROTOCOL_ERROR),
+        ),
+        (
+            "8.1.2.1/3 pseudo-header in trailers",
+            |c| {
+                let b = c.block(&[(":path", "/x")]);
+                c.raw(kind::HEADERS, flag::END_HEADERS | flag::END_STREAM, 1, &b);
+            },
+            Want::Stream(ErrorCode::PROTOCOL_ERROR),
+        ),
+        (
+            "hpack 6.3 table size update at the end of a block",
+            |c| {
+                let mut b = c.block(&[("x-t", "1")]);
+                b.extend_from_slice(&[0x20]);
+                c.raw(kind::HEADERS, flag::END_HEADERS | flag::END_STREAM, 1, &b);
+            },
+            Want::Conn(ErrorCode::COMPRESSION_ERROR),
+        ),
+    ];
+    for (name, send, want) in cases {
+        let mut c = Client::new();
+        c.request(1, false);
+        send(&mut c);
+        match want {
+            Want::Fine => {
+                c.frames();
+                assert!(!c.conn.is_closed(), "{name}");
+            }
+            Want::Conn(code) => assert_eq!(c.goaway(), code, "{name}"),
+            Want::Stream(code) => assert_eq!(c.resets(), [(1, code)], "{name}"),
+        }
+    }
+}
+
 // ---- §5.2, §6.9 flow control ----
 
 #[test]
