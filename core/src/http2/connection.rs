@@ -202,6 +202,8 @@ pub struct Connection {
     assembly: Option<Assembly>,
     /// Frames are written here, then split off into `tx` in order.
     out: BytesMut,
+    /// A response's header block before it is framed (reused).
+    block: BytesMut,
     tx: VecDeque<Bytes>,
     events: VecDeque<Event>,
     settings_ack_due: Option<Instant>,
@@ -242,6 +244,7 @@ impl Connection {
             peer_max_frame: DEFAULT_MAX_FRAME_SIZE,
             assembly: None,
             out: BytesMut::new(),
+            block: BytesMut::new(),
             tx: VecDeque::new(),
             events: VecDeque::new(),
             settings_ack_due: Some(now + limits.settings_timeout),
@@ -443,23 +446,20 @@ impl Connection {
         }
         s.responded = !informational;
         let digits = status_digits(status);
-        let mut lowered: Vec<(Vec<u8>, &'a [u8])> = Vec::new();
-        for (name, value) in headers {
-            if is_connection_specific(name) {
-                continue;
-            }
-            lowered.push((name.to_ascii_lowercase(), value));
-        }
-        let mut block = BytesMut::new();
-        self.hpack_out.encode(
-            std::iter::once((&b":status"[..], &digits[..]))
-                .chain(lowered.iter().map(|(n, v)| (n.as_slice(), *v))),
-            &mut block,
+        self.block.clear();
+        self.hpack_out.encode_lowercase(
+            std::iter::once((&b":status"[..], &digits[..])).chain(
+                headers
+                    .into_iter()
+                    .filter(|(n, _)| !is_connection_specific(n))
+                    .map(shorten),
+            ),
+            &mut self.block,
         );
         frame::encode_headers(
             &mut self.out,
             stream,
-            &block,
+            &self.block,
             end_stream,
             self.peer_max_frame,
         );
@@ -1067,15 +1067,21 @@ impl Connection {
     /// the client to stop sending its body (RST_STREAM NO_ERROR, §8.1).
     fn answer(&mut self, stream: u32, status: u16, end_stream: bool) -> Result<(), Fatal> {
         let digits = status_digits(status);
-        let mut block = BytesMut::new();
+        self.block.clear();
         self.hpack_out.encode(
             [
                 (&b":status"[..], &digits[..]),
                 (&b"content-length"[..], &b"0"[..]),
             ],
-            &mut block,
+            &mut self.block,
         );
-        frame::encode_headers(&mut self.out, stream, &block, true, self.peer_max_frame);
+        frame::encode_headers(
+            &mut self.out,
+            stream,
+            &self.block,
+            true,
+            self.peer_max_frame,
+        );
         if !end_stream {
             self.send_rst(stream, ErrorCode::NO_ERROR);
         }
@@ -1187,6 +1193,11 @@ fn flush(out: &mut BytesMut, tx: &mut VecDeque<Bytes>) {
     if !out.is_empty() {
         tx.push_back(out.split().freeze());
     }
+}
+
+/// A field with a shorter lifetime, to chain with one borrowed from a local.
+fn shorten<'s, 'a: 's>(field: (&'a [u8], &'a [u8])) -> (&'s [u8], &'s [u8]) {
+    field
 }
 
 fn status_digits(status: u16) -> [u8; 3] {

@@ -365,6 +365,8 @@ pub struct Encoder {
     /// size set since the last block, and the final one.
     pending: Option<(usize, usize)>,
     scratch: Vec<u8>,
+    /// A name being lower-cased.
+    lower: Vec<u8>,
 }
 
 /// The most table we keep for our responses, whatever the peer allows.
@@ -384,6 +386,7 @@ impl Encoder {
             cap: ENCODER_TABLE_CAP.min(4096),
             pending: None,
             scratch: Vec::new(),
+            lower: Vec::new(),
         }
     }
 
@@ -400,10 +403,29 @@ impl Encoder {
         });
     }
 
-    /// Encodes `fields` (names lower-case) as one header block appended to `out`.
+    /// Encodes `fields` as they are, as one header block appended to `out`.
     pub fn encode<'a>(
         &mut self,
         fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+        out: &mut BytesMut,
+    ) {
+        self.encode_inner(fields, false, out);
+    }
+
+    /// [`Encoder::encode`], with names lower-cased (RFC 9113 §8.2.1) — without an
+    /// allocation when they already are.
+    pub fn encode_lowercase<'a>(
+        &mut self,
+        fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+        out: &mut BytesMut,
+    ) {
+        self.encode_inner(fields, true, out);
+    }
+
+    fn encode_inner<'a>(
+        &mut self,
+        fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+        lowercase: bool,
         out: &mut BytesMut,
     ) {
         if let Some((low, last)) = self.pending.take() {
@@ -415,7 +437,15 @@ impl Encoder {
             self.table.set_max(last);
         }
         for (name, value) in fields {
-            self.field(name, value, out);
+            if lowercase && name.iter().any(u8::is_ascii_uppercase) {
+                let mut lower = std::mem::take(&mut self.lower);
+                lower.clear();
+                lower.extend(name.iter().map(u8::to_ascii_lowercase));
+                self.field(&lower, value, out);
+                self.lower = lower;
+            } else {
+                self.field(name, value, out);
+            }
         }
     }
 
