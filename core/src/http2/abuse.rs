@@ -54,7 +54,7 @@ impl Counters {
 
     fn roll(&mut self, now: Instant, limits: &Limits) {
         if self.window_end.is_none_or(|end| now >= end) {
-            self.window_end = Some(now + limits.abuse_window);
+            self.window_end = Some(super::limits::after(now, limits.abuse_window));
             self.counts = [0; 7];
             self.data_sent = 0;
         }

@@ -12,7 +12,7 @@ use super::frame::{
     DEFAULT_MAX_FRAME_SIZE, DEFAULT_WINDOW, MAX_MAX_FRAME_SIZE, MAX_WINDOW,
 };
 use super::hpack::{self, Decoded};
-use super::limits::Limits;
+use super::limits::{after, Limits};
 use super::request::{self, Malformed, Request};
 use super::stream::{RecvWindow, State, Stream, StreamError};
 
@@ -247,7 +247,7 @@ impl Connection {
             block: BytesMut::new(),
             tx: VecDeque::new(),
             events: VecDeque::new(),
-            settings_ack_due: Some(now + limits.settings_timeout),
+            settings_ack_due: Some(after(now, limits.settings_timeout)),
             idle_since: Some(now),
             shutdown: Shutdown::None,
             peer_goaway: false,
@@ -329,10 +329,10 @@ impl Connection {
             .values()
             .filter_map(|s| s.stalled_since)
             .min()
-            .map(|t| (t + self.limits.send_stall_timeout, Timer::SendStall));
+            .map(|t| (after(t, self.limits.send_stall_timeout), Timer::SendStall));
         let idle = self
             .idle_since
-            .map(|t| (t + self.limits.idle_timeout, Timer::Idle));
+            .map(|t| (after(t, self.limits.idle_timeout), Timer::Idle));
         let ping = match self.shutdown {
             Shutdown::Pinging { deadline } => Some((deadline, Timer::ShutdownPing)),
             _ => None,
@@ -391,7 +391,7 @@ impl Connection {
             .values()
             .filter(|s| {
                 s.stalled_since
-                    .is_some_and(|t| now >= t + self.limits.send_stall_timeout)
+                    .is_some_and(|t| now >= after(t, self.limits.send_stall_timeout))
             })
             .map(|s| s.id)
             .collect();
@@ -407,7 +407,7 @@ impl Connection {
         }
         if self
             .idle_since
-            .is_some_and(|t| now >= t + self.limits.idle_timeout)
+            .is_some_and(|t| now >= after(t, self.limits.idle_timeout))
             && self.streams.is_empty()
         {
             frame::encode_goaway(
@@ -582,7 +582,7 @@ impl Connection {
         frame::encode_ping(&mut self.out, false, SHUTDOWN_PING);
         frame::encode_goaway(&mut self.out, MAX_WINDOW, ErrorCode::NO_ERROR, b"");
         self.shutdown = Shutdown::Pinging {
-            deadline: now + self.limits.shutdown_ping_timeout,
+            deadline: after(now, self.limits.shutdown_ping_timeout),
         };
     }
 

@@ -1,6 +1,6 @@
 //! The limits of the HTTP/2 engine, with their defaults and the reasons for them.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Every bound the HTTP/2 engine enforces. [`Limits::default`] is what a listener gets
 /// unless configured otherwise.
@@ -90,4 +90,12 @@ impl Default for Limits {
             max_oversized_headers: 10,
         }
     }
+}
+
+/// `t + d`, or a time so far ahead it never comes when that does not fit (a configured
+/// "never" must not panic).
+pub(super) fn after(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d)
+        .or_else(|| t.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(t)
 }
