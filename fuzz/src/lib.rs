@@ -5,8 +5,8 @@
 //!   checking every output as it comes;
 //! - [`targets`]: one function per fuzz target, called by `src/bin/<target>.rs` and by the
 //!   core's regression test, which compiles these three files itself;
-//! - [`h2`]: the HTTP/2 target `h2_frames` (the engine's own API; not yet replayed by the
-//!   core's regression test).
+//! - [`h2`]: the HTTP/2 target `h2_frames` (on the engine's own API), compiled into the
+//!   core's regression test too.
 
 pub mod driver;
 pub mod h2;
