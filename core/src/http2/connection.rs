@@ -877,6 +877,14 @@ impl Connection {
             self.count(Abuse::EmptyData)?;
             return Ok(());
         }
+        // A copy of its own: a slice would pin the whole read buffer it came in for as
+        // long as the application holds it (a slow upstream, many streams: megabytes held
+        // for a few bytes of window). It also lets the read buffer be reused.
+        let data = if data.is_empty() {
+            data
+        } else {
+            Bytes::copy_from_slice(&data)
+        };
         self.events.push_back(Event::Data {
             stream,
             data,
@@ -940,6 +948,9 @@ impl Connection {
             return Err(ConnectionError::abuse(Abuse::OversizedHeaders));
         }
         if end_headers {
+            // Copied for the same reason as DATA: the request's fields are slices of it and
+            // live as long as the exchange.
+            let block = Bytes::copy_from_slice(&block);
             return self.finish_block(stream, block, end_stream, disposition);
         }
         self.assembly = Some(Assembly {
