@@ -99,6 +99,65 @@ static STATIC_TABLE: [(&str, &str); 61] = [
     ("www-authenticate", ""),
 ];
 
+/// The first static-table index (1-based) with this name, or 0.
+fn static_name_index(name: &[u8]) -> usize {
+    match name {
+        b":authority" => 1,
+        b":method" => 2,
+        b":path" => 4,
+        b":scheme" => 6,
+        b":status" => 8,
+        b"accept-charset" => 15,
+        b"accept-encoding" => 16,
+        b"accept-language" => 17,
+        b"accept-ranges" => 18,
+        b"accept" => 19,
+        b"access-control-allow-origin" => 20,
+        b"age" => 21,
+        b"allow" => 22,
+        b"authorization" => 23,
+        b"cache-control" => 24,
+        b"content-disposition" => 25,
+        b"content-encoding" => 26,
+        b"content-language" => 27,
+        b"content-length" => 28,
+        b"content-location" => 29,
+        b"content-range" => 30,
+        b"content-type" => 31,
+        b"cookie" => 32,
+        b"date" => 33,
+        b"etag" => 34,
+        b"expect" => 35,
+        b"expires" => 36,
+        b"from" => 37,
+        b"host" => 38,
+        b"if-match" => 39,
+        b"if-modified-since" => 40,
+        b"if-none-match" => 41,
+        b"if-range" => 42,
+        b"if-unmodified-since" => 43,
+        b"last-modified" => 44,
+        b"link" => 45,
+        b"location" => 46,
+        b"max-forwards" => 47,
+        b"proxy-authenticate" => 48,
+        b"proxy-authorization" => 49,
+        b"range" => 50,
+        b"referer" => 51,
+        b"refresh" => 52,
+        b"retry-after" => 53,
+        b"server" => 54,
+        b"set-cookie" => 55,
+        b"strict-transport-security" => 56,
+        b"transfer-encoding" => 57,
+        b"user-agent" => 58,
+        b"vary" => 59,
+        b"via" => 60,
+        b"www-authenticate" => 61,
+        _ => 0,
+    }
+}
+
 /// The dynamic table (§2.3.2): newest first, sizes counted per §4.1.
 #[derive(Debug, Default)]
 struct DynamicTable {
@@ -450,15 +509,16 @@ impl Encoder {
     }
 
     fn field(&mut self, name: &[u8], value: &[u8], out: &mut BytesMut) {
-        let mut name_index = 0;
-        for (i, (n, v)) in STATIC_TABLE.iter().enumerate() {
-            if n.as_bytes() == name {
-                if v.as_bytes() == value && !v.is_empty() {
+        let mut name_index = static_name_index(name);
+        if name_index > 0 {
+            // Entries of one name are adjacent; only a few carry a value.
+            for (i, (n, v)) in STATIC_TABLE.iter().enumerate().skip(name_index - 1) {
+                if n.as_bytes() != name {
+                    break;
+                }
+                if !v.is_empty() && v.as_bytes() == value {
                     write_integer(out, 0x80, 7, i + 1);
                     return;
-                }
-                if name_index == 0 {
-                    name_index = i + 1;
                 }
             }
         }
@@ -574,6 +634,18 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn static_name_index_agrees_with_the_table() {
+        for (i, (n, _)) in STATIC_TABLE.iter().enumerate() {
+            let first = STATIC_TABLE
+                .iter()
+                .position(|(m, _)| m == n)
+                .map_or(0, |p| p + 1);
+            assert_eq!(static_name_index(n.as_bytes()), first, "{n} at {}", i + 1);
+        }
+        assert_eq!(static_name_index(b"x-unknown"), 0);
     }
 
     #[test]

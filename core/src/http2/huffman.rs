@@ -267,19 +267,26 @@ static CODES: [(u32, u8); 257] = [
 const EOS: u16 = 256;
 const MAX_LEN: usize = 30;
 
-/// Per code length: the first code, and where its symbols start in `SYMBOLS`.
+/// Per code length: the first code, where its symbols start in `symbols`, and the end of
+/// its codes left-justified in 32 bits (`limit`): the length of the code at the front of a
+/// 32-bit window `w` is the smallest `L` with `w < limit[L]`.
 struct Canonical {
     first: [u32; MAX_LEN + 1],
     count: [u16; MAX_LEN + 1],
     offset: [u16; MAX_LEN + 1],
+    limit: [u64; MAX_LEN + 1],
     symbols: [u16; 257],
 }
+
+/// The shortest code (RFC 7541 Appendix B).
+const MIN_LEN: usize = 5;
 
 const fn canonical() -> Canonical {
     let mut c = Canonical {
         first: [0; MAX_LEN + 1],
         count: [0; MAX_LEN + 1],
         offset: [0; MAX_LEN + 1],
+        limit: [0; MAX_LEN + 1],
         symbols: [0; 257],
     };
     let mut n = 0usize;
@@ -298,6 +305,9 @@ const fn canonical() -> Canonical {
             }
             s += 1;
         }
+        if c.count[len] > 0 {
+            c.limit[len] = ((c.first[len] as u64) + (c.count[len] as u64)) << (32 - len);
+        }
         len += 1;
     }
     c
@@ -314,36 +324,53 @@ pub enum HuffmanError {
     BadPadding,
 }
 
-/// Decodes `input`, appending the octets to `out`.
+/// Decodes `input`, appending the octets to `out`: a 32-bit window over the input, the
+/// length of its leading code found from the per-length limits (common symbols are 5 to 8
+/// bits: a few comparisons each).
 pub fn decode(input: &[u8], out: &mut Vec<u8>) -> Result<(), HuffmanError> {
     let c = &CANONICAL;
-    let mut code: u32 = 0;
-    let mut len: usize = 0;
-    for &byte in input {
-        for shift in (0..8).rev() {
-            code = (code << 1) | u32::from((byte >> shift) & 1);
-            len += 1;
-            let count = u32::from(c.count[len]);
-            if count != 0 && code >= c.first[len] && code - c.first[len] < count {
-                let index = c.offset[len] as usize + (code - c.first[len]) as usize;
-                let sym = c.symbols[index];
-                if sym == EOS {
-                    return Err(HuffmanError::Eos);
-                }
-                out.push(sym as u8);
-                code = 0;
-                len = 0;
-            } else if len >= MAX_LEN {
-                // Every 30-bit string is a code or a prefix of EOS's: unreachable for
-                // valid input, and a hard stop for anything else.
-                return Err(HuffmanError::Eos);
-            }
+    out.reserve(input.len() + input.len() / 2);
+    let mut acc: u64 = 0;
+    let mut nbits: u32 = 0;
+    let mut i = 0;
+    loop {
+        while nbits <= 56 && i < input.len() {
+            acc = (acc << 8) | u64::from(input[i]);
+            nbits += 8;
+            i += 1;
         }
+        if nbits == 0 {
+            return Ok(());
+        }
+        // Past the end of the input, the window is filled with ones (EOS's prefix).
+        let w = if nbits >= 32 {
+            (acc >> (nbits - 32)) as u32
+        } else {
+            ((acc << (32 - nbits)) as u32) | ((1u32 << (32 - nbits)) - 1)
+        };
+        let mut len = MIN_LEN;
+        while len < MAX_LEN && u64::from(w) >= c.limit[len] {
+            len += 1;
+        }
+        if len as u32 > nbits {
+            // Only padding is left (the input is exhausted, or the refill would not
+            // have stopped): at most 7 bits, all ones.
+            let mask = (1u64 << nbits) - 1;
+            if nbits > 7 || acc & mask != mask {
+                return Err(HuffmanError::BadPadding);
+            }
+            return Ok(());
+        }
+        let code = w >> (32 - len);
+        let index = c.offset[len] as usize + (code - c.first[len]) as usize;
+        let sym = c.symbols[index];
+        if sym == EOS {
+            return Err(HuffmanError::Eos);
+        }
+        out.push(sym as u8);
+        nbits -= len as u32;
+        acc &= (1u64 << nbits) - 1;
     }
-    if len > 7 || code != (1u32 << len) - 1 {
-        return Err(HuffmanError::BadPadding);
-    }
-    Ok(())
 }
 
 /// The length of `input` Huffman-coded, in octets.
@@ -408,6 +435,54 @@ mod tests {
             let mut back = Vec::new();
             decode(&out, &mut back).expect("decodes");
             assert_eq!(back, plain.as_bytes());
+        }
+    }
+
+    /// The straightforward bit-at-a-time decoder, as a reference for the fast one.
+    fn decode_bitwise(input: &[u8], out: &mut Vec<u8>) -> Result<(), HuffmanError> {
+        let c = &CANONICAL;
+        let mut code: u32 = 0;
+        let mut len: usize = 0;
+        for &byte in input {
+            for shift in (0..8).rev() {
+                code = (code << 1) | u32::from((byte >> shift) & 1);
+                len += 1;
+                let count = u32::from(c.count[len]);
+                if count != 0 && code >= c.first[len] && code - c.first[len] < count {
+                    let sym = c.symbols[c.offset[len] as usize + (code - c.first[len]) as usize];
+                    if sym == EOS {
+                        return Err(HuffmanError::Eos);
+                    }
+                    out.push(sym as u8);
+                    code = 0;
+                    len = 0;
+                }
+            }
+        }
+        if len > 7 || code != (1u32 << len) - 1 {
+            return Err(HuffmanError::BadPadding);
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_fast_decoder_agrees_with_the_bitwise_one(
+            input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            plain in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+        ) {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            let ra = decode(&input, &mut a);
+            let rb = decode_bitwise(&input, &mut b);
+            proptest::prop_assert_eq!(ra, rb);
+            if ra.is_ok() {
+                proptest::prop_assert_eq!(a, b);
+            }
+            let mut coded = Vec::new();
+            encode(&plain, &mut coded);
+            let mut back = Vec::new();
+            proptest::prop_assert_eq!(decode(&coded, &mut back), Ok(()));
+            proptest::prop_assert_eq!(back, plain);
         }
     }
 
