@@ -55,6 +55,19 @@ pub enum Event {
     Closed { error: Option<ConnectionError> },
 }
 
+impl Event {
+    /// The stream the event is about, if any.
+    pub fn stream(&self) -> Option<u32> {
+        match self {
+            Event::Request { stream, .. }
+            | Event::Data { stream, .. }
+            | Event::Reset { stream, .. }
+            | Event::WindowOpen { stream } => Some(*stream),
+            Event::PeerGoAway { .. } | Event::Closed { .. } => None,
+        }
+    }
+}
+
 /// Why the connection ended in error: the code sent in GOAWAY (or received), and a reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionError {
@@ -356,6 +369,7 @@ impl Connection {
         if let Err(e) = self.process() {
             self.fail(e);
         }
+        self.check_done();
     }
 
     /// The client closed its side: every stream is gone.
@@ -468,6 +482,7 @@ impl Connection {
                 s.send_end();
             }
             self.remove_if_closed(stream);
+            self.check_done();
         }
         Ok(())
     }
@@ -537,6 +552,7 @@ impl Connection {
         if all && end_stream {
             s.send_end();
             self.remove_if_closed(stream);
+            self.check_done();
         }
         Ok(n)
     }
@@ -558,12 +574,15 @@ impl Connection {
     }
 
     /// Resets `stream` (the application gives up on it, or answered early and wants no
-    /// more of the request: NO_ERROR after a complete response, RFC 9113 §8.1).
+    /// more of the request: NO_ERROR after a complete response, RFC 9113 §8.1). No event
+    /// names the stream afterwards, not even one already queued.
     pub fn reset(&mut self, stream: u32, code: ErrorCode) {
         if self.streams.contains_key(&stream) {
             self.send_rst(stream, code);
             self.remove(stream, true);
         }
+        self.events.retain(|e| e.stream() != Some(stream));
+        self.check_done();
     }
 
     /// Begins a graceful shutdown (drain, reload): a PING and GOAWAY with 2^31-1, then,
@@ -743,7 +762,6 @@ impl Connection {
                 self.peer_goaway = true;
                 self.events
                     .push_back(Event::PeerGoAway { last_stream, code });
-                self.check_done();
                 Ok(())
             }
             Frame::WindowUpdate { stream, increment } => {
@@ -1133,7 +1151,6 @@ impl Connection {
         if self.streams.is_empty() {
             self.idle_since = Some(self.now);
         }
-        self.check_done();
         true
     }
 
@@ -1151,10 +1168,10 @@ impl Connection {
         let last = self.last_client_stream;
         frame::encode_goaway(&mut self.out, last, ErrorCode::NO_ERROR, b"");
         self.shutdown = Shutdown::Final { last };
-        self.check_done();
     }
 
-    /// Closes once nothing is left to do after a final GOAWAY, or the client's.
+    /// Closes once nothing is left to do after a final GOAWAY, or the client's. Called
+    /// at the end of each input or command, so `Closed` is the last event.
     fn check_done(&mut self) {
         if self.phase == Phase::Closed || !self.streams.is_empty() {
             return;

@@ -1118,6 +1118,47 @@ fn idle_connection_is_closed_with_goaway() {
 }
 
 #[test]
+fn no_event_names_a_stream_after_the_application_resets_it() {
+    let mut c = Client::new();
+    c.headers(1, &GET, false);
+    c.data(1, b"queued", false);
+    c.rst(1, ErrorCode::CANCEL);
+    c.headers(3, &GET, true);
+    // The application handles the Request, resets stream 1: the queued Data and Reset go.
+    assert!(matches!(
+        c.conn.poll_event(),
+        Some(Event::Request { stream: 1, .. })
+    ));
+    c.conn.reset(1, ErrorCode::CANCEL);
+    assert!(matches!(c.events()[..], [Event::Request { stream: 3, .. }]));
+}
+
+#[test]
+fn closed_is_always_the_last_event() {
+    let mut c = Client::new();
+    c.request(1, false);
+    let mut b = BytesMut::new();
+    frame::encode_goaway(&mut b, 0, ErrorCode::NO_ERROR, b"");
+    frame::encode_rst_stream(&mut b, 1, ErrorCode::CANCEL);
+    c.send(&b);
+    assert_eq!(
+        c.events(),
+        [
+            Event::PeerGoAway {
+                last_stream: 0,
+                code: ErrorCode::NO_ERROR
+            },
+            Event::Reset {
+                stream: 1,
+                code: ErrorCode::CANCEL,
+                by_peer: true
+            },
+            Event::Closed { error: None }
+        ]
+    );
+}
+
+#[test]
 fn client_eof_resets_every_stream() {
     let mut c = Client::new();
     c.request(1, false);
