@@ -15,7 +15,9 @@ pub struct Request {
     /// `:authority`, or the `Host` field when there is no `:authority` (§8.3.1): what
     /// becomes `Host` upstream. `None` if the client sent neither.
     pub authority: Option<Bytes>,
-    /// `:path`, byte for byte as HPACK decoded it (never normalised).
+    /// `:path`, byte for byte as HPACK decoded it (never normalised). Only checked to be
+    /// non-empty: what is not origin-form (`*`, `foo`) is the exchange's to refuse, as it
+    /// does for HTTP/1.1.
     pub path: Bytes,
     /// The regular fields in order, names lower-case; no pseudo-fields, no `Host`, and
     /// `cookie` fields joined into one with "; " (§8.2.3). `te: trailers` is dropped (it
@@ -56,6 +58,8 @@ pub enum Malformed {
     /// END_STREAM on HEADERS with a non-zero content-length.
     ContentLengthWithoutBody,
     HostDiffersFromAuthority,
+    /// `:authority` with userinfo (`user@host`), deprecated for http(s) (§8.3.1).
+    UserinfoInAuthority,
     DuplicateHost,
     /// CONNECT (and RFC 8441's extended CONNECT, which we do not advertise): not a
     /// proxy's business here.
@@ -79,9 +83,11 @@ fn name_ok(name: &[u8]) -> Result<(), Malformed> {
     Ok(())
 }
 
-/// §8.2.1: no NUL, CR or LF, and no leading or trailing whitespace.
+/// §8.2.1: no NUL, CR or LF, and no leading or trailing whitespace. Other control
+/// characters are refused too (RFC 9110 §5.5 allows none but HTAB): the request goes on
+/// to an HTTP/1.1 upstream, whose parser must not be the one to judge them.
 fn value_ok(value: &[u8]) -> Result<(), Malformed> {
-    if value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
+    if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
         return Err(Malformed::BadValue);
     }
     if matches!(value.first(), Some(b' ' | b'\t')) || matches!(value.last(), Some(b' ' | b'\t')) {
@@ -182,6 +188,9 @@ pub fn validate(fields: Vec<(Bytes, Bytes)>, end_stream: bool) -> Result<Request
     if path.is_empty() {
         return Err(Malformed::EmptyPath);
     }
+    if authority.as_ref().is_some_and(|a| a.contains(&b'@')) {
+        return Err(Malformed::UserinfoInAuthority);
+    }
     let authority = match (authority, host) {
         (Some(a), Some(h)) if !a.eq_ignore_ascii_case(&h) => {
             return Err(Malformed::HostDiffersFromAuthority)
@@ -253,6 +262,8 @@ mod tests {
             (("x", " lead"), Malformed::BadValue),
             (("x", "trail\t"), Malformed::BadValue),
             (("x", "nul\0"), Malformed::BadValue),
+            (("x", "ctl\x01"), Malformed::BadValue),
+            (("x", "del\x7f"), Malformed::BadValue),
         ] {
             assert_eq!(validate(with(&[extra]), true), Err(why), "{extra:?}");
         }
@@ -370,6 +381,9 @@ mod tests {
             Err(Malformed::HostDiffersFromAuthority)
         );
         assert!(validate(with(&[("host", "EXAMPLE.org")]), true).is_ok());
+        let mut fields = with(&[]);
+        fields[2].1 = Bytes::from_static(b"user@example.org");
+        assert_eq!(validate(fields, true), Err(Malformed::UserinfoInAuthority));
     }
 
     #[test]
