@@ -983,6 +983,33 @@ fn rfc9113_6_9_send_data_honours_the_client_windows() {
 }
 
 #[test]
+fn rfc9113_4_2_data_is_framed_at_the_peer_max_frame_size() {
+    let mut c = Client::new();
+    c.settings(&[
+        (setting::MAX_FRAME_SIZE, 20_000),
+        (setting::INITIAL_WINDOW_SIZE, 1 << 20),
+    ]);
+    c.window_update(0, 1 << 20);
+    c.request(1, true);
+    c.conn
+        .send_response_head(1, 200, std::iter::empty(), false)
+        .expect("head");
+    let body = Bytes::from(vec![7u8; 50_000]);
+    assert_eq!(c.conn.send_data(1, body, true), Ok(50_000));
+    let sizes: Vec<(usize, bool)> = c
+        .frames()
+        .into_iter()
+        .filter_map(|f| match f {
+            Frame::Data {
+                data, end_stream, ..
+            } => Some((data.len(), end_stream)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sizes, [(20_000, false), (20_000, false), (10_000, true)]);
+}
+
+#[test]
 fn rfc9113_6_9_2_initial_window_change_applies_to_open_streams_and_may_go_negative() {
     let mut c = Client::new();
     c.request(1, true);
