@@ -609,6 +609,10 @@ impl Connection {
 
     fn flush_out(&mut self) {
         flush(&mut self.out, &mut self.tx);
+        // A large response head must not stay with the connection for its life.
+        if self.block.capacity() > 16 * 1024 {
+            self.block = BytesMut::new();
+        }
     }
 
     fn process(&mut self) -> Result<(), Fatal> {

@@ -18,6 +18,9 @@ use super::huffman;
 /// RFC 7541 §4.1: each entry's size counts 32 octets of overhead.
 pub const ENTRY_OVERHEAD: usize = 32;
 
+/// Scratch space kept between blocks; more is freed after the block that needed it.
+const SCRATCH_KEEP: usize = 4096;
+
 /// A header block that breaks RFC 7541: a connection error COMPRESSION_ERROR (RFC 9113
 /// §4.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -363,6 +366,10 @@ impl Decoder {
                 self.table.insert(name, value);
             }
         }
+        // One huge Huffman string must not stay with the connection for its life.
+        if self.scratch.capacity() > SCRATCH_KEEP {
+            self.scratch = Vec::new();
+        }
         Ok(if too_large {
             Decoded::TooLarge { size }
         } else {
@@ -494,6 +501,9 @@ impl Encoder {
             }
             write_integer(out, 0x20, 5, last);
             self.table.set_max(last);
+        }
+        if self.scratch.capacity() > SCRATCH_KEEP {
+            self.scratch = Vec::new();
         }
         for (name, value) in fields {
             if lowercase && name.iter().any(u8::is_ascii_uppercase) {
