@@ -152,3 +152,43 @@ write("response_stream", "http10_client_chunked", header(2, []) + RESPONSES["chu
 write("response_stream", "chunked_pieces", header(0, [1, 4, 0]) + RESPONSES["chunked"])
 write("response_stream", "retry_after_close", header(8, []) + b"")
 write("response_stream", "body_request", header(16, []) + RESPONSES["cl"])
+
+
+# h2_frames: a flags byte, then client frames after the preface and SETTINGS (the target
+# sends those). HPACK blocks here are literal fields without indexing (no Huffman), so the
+# fuzzer sees names and values as plain bytes.
+def h2_frame(kind, flags, stream, payload):
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+
+
+def h2_literal(name, value):
+    return bytes([0, len(name)]) + name + bytes([len(value)]) + value
+
+
+def h2_get(path, method=b"GET", extra=()):
+    block = h2_literal(b":method", method) + h2_literal(b":scheme", b"https")
+    block += h2_literal(b":authority", b"example.org") + h2_literal(b":path", path)
+    for n, v in extra:
+        block += h2_literal(n, v)
+    return block
+
+
+H2_ACK = h2_frame(4, 1, 0, b"")
+H2_SEEDS = {
+    "get": H2_ACK + h2_frame(1, 5, 1, h2_get(b"/_matrix/client/versions")),
+    "post_body": H2_ACK + h2_frame(1, 4, 1, h2_get(b"/_matrix/client/v3/login", b"POST", [(b"content-length", b"2")]))
+    + h2_frame(0, 0, 1, b"{") + h2_frame(0, 1, 1, b"}"),
+    "continuation": H2_ACK + h2_frame(1, 1, 1, h2_get(b"/a")[:10]) + h2_frame(9, 4, 1, h2_get(b"/a")[10:]),
+    "rapid_reset": H2_ACK + b"".join(h2_frame(1, 4, i, h2_get(b"/x")) + h2_frame(3, 0, i, b"\0\0\0\x08") for i in range(1, 40, 2)),
+    "control": H2_ACK + h2_frame(6, 0, 0, b"12345678") + h2_frame(8, 0, 0, b"\0\0\x10\0")
+    + h2_frame(2, 0, 1, b"\0\0\0\0\x10") + h2_frame(4, 0, 0, b"\0\x04\0\0\0\0") + h2_frame(7, 0, 0, b"\0\0\0\0\0\0\0\0"),
+    "padded_trailers": H2_ACK + h2_frame(1, 0x2c, 3, b"\x02\0\0\0\0\x10" + h2_get(b"/p", b"PUT") + b"\0\0")
+    + h2_frame(0, 8, 3, b"\x03abc\0\0\0") + h2_frame(1, 5, 3, h2_literal(b"x-t", b"1")),
+    "zero_window": h2_frame(4, 0, 0, b"\0\x04\0\0\0\0") + H2_ACK + h2_frame(1, 5, 1, h2_get(b"/big")),
+}
+for name, frames in H2_SEEDS.items():
+    write("h2_frames", name, bytes([0b00011111]) + frames)
+    write("h2_frames", name + "_bytewise", bytes([0b01111000]) + frames)
+# What python-hyper's h2 sends (core's interop fixture), after its preface.
+with open(os.path.join(HERE, "..", "core", "src", "http2", "testdata", "client_h2.bin"), "rb") as f:
+    write("h2_frames", "python_h2", bytes([0b10011110]) + f.read()[24:])

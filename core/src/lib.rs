@@ -9,6 +9,7 @@ pub mod config;
 mod connection;
 mod forwarded;
 pub mod http1;
+pub mod http2;
 mod output;
 pub mod proxy_protocol;
 mod rewrite;

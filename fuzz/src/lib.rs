@@ -4,9 +4,12 @@
 //! - [`driver`]: runs a `Connection` in memory against a scripted client and upstreams,
 //!   checking every output as it comes;
 //! - [`targets`]: one function per fuzz target, called by `src/bin/<target>.rs` and by the
-//!   core's regression test, which compiles these three files itself.
+//!   core's regression test, which compiles these three files itself;
+//! - [`h2`]: the HTTP/2 target `h2_frames` (on the engine's own API), compiled into the
+//!   core's regression test too.
 
 pub mod driver;
+pub mod h2;
 pub mod targets;
 pub mod wire;
 

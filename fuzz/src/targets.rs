@@ -17,6 +17,7 @@ pub fn by_name(name: &str) -> Option<fn(&[u8])> {
         "uri_preservation" => uri_preservation,
         "framing_agreement" => framing_agreement,
         "response_stream" => response_stream,
+        "h2_frames" => super::h2::h2_frames,
         _ => return None,
     })
 }

@@ -232,6 +232,10 @@ pub fn absolute_to_origin_form(raw: &[u8]) -> Result<Option<Bytes>, Reject> {
     if hosts > 1 {
         return Err(Reject::DuplicateHost);
     }
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is refused, absolute form or not.
+    if hosts == 0 && version == b"HTTP/1.1" {
+        return Err(Reject::MissingHost);
+    }
     Ok(Some(out.freeze()))
 }
 
@@ -361,9 +365,15 @@ mod tests {
             Ok(Some("GET /_matrix/a%2Fb?x=1 HTTP/1.1\r\nHost: matrix.example.org:8008\r\nAccept: */*\r\n\r\n".into()))
         );
         assert_eq!(
-            normalise("GET HTTPS://Example.ORG HTTP/1.1\r\n\r\n"),
+            normalise("GET HTTPS://Example.ORG HTTP/1.1\r\nHost: x\r\n\r\n"),
             Ok(Some("GET / HTTP/1.1\r\nHost: Example.ORG\r\n\r\n".into())),
             "an empty path is /; the scheme's case does not matter"
+        );
+        // RFC 9112 §3.2: Host stays required in HTTP/1.1, whatever the target's form (found
+        // by the request_stream fuzz target).
+        assert_eq!(
+            normalise("GET http://e.org/_matrix/a HTTP/1.1\r\nX: a\r\n\r\n"),
+            Err(Reject::MissingHost)
         );
         assert_eq!(
             normalise("GET http://e.org?q=1 HTTP/1.0\r\nhOsT: e.org\r\n\r\n"),

@@ -33,6 +33,9 @@ const CASES: &[(&str, u16, bool)] = &[
     // Absolute form is accepted (RFC 9112 §3.2.2); its authority replaces Host.
     ("GET http://evil/_matrix/a HTTP/1.1\r\nHost: a\r\n\r\n", 200, true),
     ("GET http://user@evil/_matrix/a HTTP/1.1\r\nHost: a\r\n\r\n", 400, false),
+    // Host stays required in HTTP/1.1 (RFC 9112 §3.2); HTTP/1.0 may omit it.
+    ("GET http://evil/_matrix/a HTTP/1.1\r\nX: a\r\n\r\n", 400, false),
+    ("GET http://evil/_matrix/a HTTP/1.0\r\n\r\n", 200, true),
     ("GET http:///_matrix/a HTTP/1.1\r\nHost: a\r\n\r\n", 400, false),
     ("CONNECT evil:443 HTTP/1.1\r\nHost: evil:443\r\n\r\n", 400, false),
     ("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", 400, false),
