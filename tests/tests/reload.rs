@@ -1,6 +1,6 @@
 //! Live reload (SIGHUP, and `mxgate reload`): a new configuration takes over new
 //! connections and the next request of keep-alive ones, while exchanges in flight — a
-//! long-poll the origin holds for 4 s, an 8 MiB upload sent slowly across the reload, a
+//! `/sync`-style long-poll the origin holds for 30 s, an 8 MiB upload sent slowly across the reload, a
 //! long-poll on a listener the reload removes — finish on the old one, and a client load
 //! running across the reload (two keep-alive clients, two opening a connection per
 //! request) loses nothing. A broken file changes nothing and is logged with
@@ -125,15 +125,16 @@ fn reload_applies_a_new_config_without_disturbing_exchanges_in_flight() {
         let federation_plain = s.proxy.federation_plain();
 
         // In flight across the reload.
+        // Held 30 s by the origin, like `/sync?timeout=30000`.
         let mut long_poll = s.connect(Role::Client, false);
-        long_poll.timeout = Duration::from_secs(15);
+        long_poll.timeout = Duration::from_secs(60);
         long_poll
-            .send(&get("/_matrix/test/slow?ms=4000", "localhost"))
+            .send(&get("/_matrix/test/slow?ms=30000", "localhost"))
             .unwrap();
         let mut on_removed = Client::plain(federation_plain);
-        on_removed.timeout = Duration::from_secs(15);
+        on_removed.timeout = Duration::from_secs(60);
         on_removed
-            .send(&get("/_matrix/test/slow?ms=4000", "localhost"))
+            .send(&get("/_matrix/test/slow?ms=30000", "localhost"))
             .unwrap();
         const UPLOAD: usize = 8 << 20;
         let body = origin::big_body(UPLOAD);
