@@ -545,20 +545,18 @@ impl Driver {
         if current.id == self.generation.id {
             return;
         }
-        let name = self
-            .generation
-            .config
-            .listeners
-            .get(self.conn.listener())
-            .map(|l| l.name.as_str());
-        let Some(listener) = current
-            .config
-            .listeners
-            .iter()
-            .position(|l| Some(l.name.as_str()) == name)
-        else {
+        let listener = self.conn.listener();
+        let found = mxgate_std::support::reload::listener_in(
+            &self.generation.config,
+            listener,
+            &current.config,
+        );
+        let Some(listener) = found else {
             if !self.shutdown_seen {
-                tracing::debug!(listener = ?name, "listener removed by a reload: draining the connection");
+                tracing::debug!(
+                    listener,
+                    "listener removed by a reload: draining the connection"
+                );
                 self.shutdown_seen = true;
                 self.conn.begin_shutdown(Instant::now());
             }

@@ -77,21 +77,16 @@ impl Upstreams {
         kept: &[Option<PoolId>],
         health: HealthReporter,
     ) -> Upstreams {
-        let pools: Vec<Arc<PoolState>> = config
-            .pools
-            .iter()
-            .enumerate()
-            .map(|(id, p)| match kept.get(id).copied().flatten() {
-                Some(old) if old < self.pools.len() => self.pools[old].clone(),
-                _ => Arc::new(PoolState::new(p)),
-            })
-            .collect();
-        for old in &self.pools {
-            if !pools.iter().any(|p| Arc::ptr_eq(p, old)) {
+        let pools = mxgate_std::support::reload::carry_pools(
+            &self.pools,
+            config,
+            kept,
+            PoolState::new,
+            |old| {
                 old.retired.store(true, Ordering::Release);
                 drop(old.idle.clear());
-            }
-        }
+            },
+        );
         Upstreams {
             pools,
             connect_timeout: config.timeouts.upstream_connect,

@@ -5,9 +5,10 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use mxgate_core::config::AcmeSettings;
-use mxgate_core::{Config, PoolId, UpstreamPool};
+use mxgate_core::{Config, ListenerId, PoolId, UpstreamPool};
 
 use super::config;
 use super::net::{self, BindPlan};
@@ -62,6 +63,40 @@ pub fn carry_over(old: &Config, new: &mut Config) -> Carried {
         })
         .collect();
     Carried { pools, unchanged }
+}
+
+/// Where a connection of listener `listener` of `old` belongs in `new`: the listener of the
+/// same name, or `None` when the reload removed it (the connection is then drained).
+pub fn listener_in(old: &Config, listener: ListenerId, new: &Config) -> Option<ListenerId> {
+    let name = old.listeners.get(listener).map(|l| l.name.as_str())?;
+    new.listeners.iter().position(|l| l.name == name)
+}
+
+/// A runtime's per-pool upstream state for the pools of a reloaded `config`: pool `p`
+/// shares the state of old pool `kept[p]` (its idle connections and resolved addresses),
+/// the others get `fresh(pool)`; every old state no longer used is passed to `retire`.
+pub fn carry_pools<P>(
+    old: &[Arc<P>],
+    config: &Config,
+    kept: &[Option<PoolId>],
+    fresh: impl Fn(&UpstreamPool) -> P,
+    retire: impl Fn(&P),
+) -> Vec<Arc<P>> {
+    let pools: Vec<Arc<P>> = config
+        .pools
+        .iter()
+        .enumerate()
+        .map(|(id, p)| match kept.get(id).copied().flatten() {
+            Some(o) if o < old.len() => Arc::clone(&old[o]),
+            _ => Arc::new(fresh(p)),
+        })
+        .collect();
+    for o in old {
+        if !pools.iter().any(|p| Arc::ptr_eq(p, o)) {
+            retire(o);
+        }
+    }
+    pools
 }
 
 /// The sockets `config` asks for that are not bound yet (`bound` holds the configured
@@ -179,6 +214,45 @@ backends = ["http://127.0.0.1:8088"]
                 id == homeserver
             );
         }
+    }
+
+    #[test]
+    fn connections_follow_their_listener_by_name_or_drain() {
+        let old = parse(BASE);
+        let renamed = parse(&BASE.replace("name = \"plain\"", "name = \"other\""));
+        let moved = parse(&BASE.replace("127.0.0.1:1", "127.0.0.1:2"));
+        assert_eq!(
+            listener_in(&old, 0, &moved),
+            Some(0),
+            "same name, new address"
+        );
+        assert_eq!(listener_in(&old, 0, &renamed), None, "removed: drained");
+        assert_eq!(listener_in(&old, 7, &moved), None, "no such listener");
+    }
+
+    #[test]
+    fn runtime_pool_state_is_shared_for_kept_pools_and_retired_for_the_rest() {
+        let old = parse(BASE);
+        let states: Vec<Arc<String>> = old.pools.iter().map(|p| Arc::new(p.name.clone())).collect();
+        let mut new = parse(&BASE.replace("8088", "8089"));
+        let carried = carry_over(&old, &mut new);
+        let retired = std::cell::RefCell::new(Vec::new());
+        let pools = carry_pools(
+            &states,
+            &new,
+            &carried.pools,
+            |p| format!("fresh {}", p.name),
+            |s| retired.borrow_mut().push(s.clone()),
+        );
+        let homeserver = new
+            .pools
+            .iter()
+            .position(|p| p.name == "homeserver")
+            .unwrap();
+        let media = 1 - homeserver;
+        assert!(Arc::ptr_eq(&pools[homeserver], &states[0]), "kept: shared");
+        assert_eq!(*pools[media], "fresh media_repository");
+        assert_eq!(*retired.borrow(), ["media_repository".to_string()]);
     }
 
     #[test]

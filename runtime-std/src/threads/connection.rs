@@ -352,19 +352,14 @@ impl Driver {
         if current.id == self.generation.id {
             return;
         }
-        let name = self
-            .generation
-            .config
-            .listeners
-            .get(self.conn.listener())
-            .map(|l| l.name.as_str());
-        let found = current
-            .config
-            .listeners
-            .iter()
-            .position(|l| Some(l.name.as_str()) == name);
+        let listener = self.conn.listener();
+        let found =
+            crate::support::reload::listener_in(&self.generation.config, listener, &current.config);
         let Some(listener) = found else {
-            tracing::debug!(listener = ?name, "listener removed by a reload: draining the connection");
+            tracing::debug!(
+                listener,
+                "listener removed by a reload: draining the connection"
+            );
             return self.begin_shutdown(Instant::now());
         };
         if self.up.is_none() && self.conn.reconfigure(current.config.clone(), listener) {
