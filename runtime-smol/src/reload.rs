@@ -164,12 +164,9 @@ impl Reloader {
 
     /// Installs `config` (see the module doc); `None` when it equals the current one (only
     /// the certificates were reloaded).
-    async fn apply(&mut self, mut config: Config) -> anyhow::Result<Option<Applied>> {
+    async fn apply(&mut self, config: Config) -> anyhow::Result<Option<Applied>> {
         let current = self.shared.current();
-        reload::refuse_restart_only_changes(&current.config, &config)?;
-        let Carried { pools, unchanged } = reload::carry_over(&current.config, &mut config);
-        let config = Arc::new(config);
-        reload::warn_about_restart_only_settings(&current.config, &config);
+        let (config, Carried { pools, unchanged }) = reload::prepare(&current.config, config)?;
 
         // Certificates, in the same step: a failure leaves everything as it was.
         let needs_tls = config.listeners.iter().any(|l| l.scheme == Scheme::Https);

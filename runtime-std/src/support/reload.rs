@@ -65,6 +65,16 @@ pub fn carry_over(old: &Config, new: &mut Config) -> Carried {
     Carried { pools, unchanged }
 }
 
+/// The first step of every reload, in both runtimes: refuses a `new` configuration whose
+/// changes need a restart, carries unchanged pools' state over from `current`
+/// ([`carry_over`]), and warns about settings that only a restart applies.
+pub fn prepare(current: &Config, mut new: Config) -> anyhow::Result<(Arc<Config>, Carried)> {
+    refuse_restart_only_changes(current, &new)?;
+    let carried = carry_over(current, &mut new);
+    warn_about_restart_only_settings(current, &new);
+    Ok((Arc::new(new), carried))
+}
+
 /// Where a connection of listener `listener` of `old` belongs in `new`: the listener of the
 /// same name, or `None` when the reload removed it (the connection is then drained).
 pub fn listener_in(old: &Config, listener: ListenerId, new: &Config) -> Option<ListenerId> {

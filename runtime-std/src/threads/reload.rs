@@ -143,12 +143,9 @@ impl Listeners {
     }
 
     /// Installs `config`; `false` when it equals the current one (certificates reloaded).
-    fn apply(&mut self, shared: &Arc<Shared>, mut config: Config) -> anyhow::Result<bool> {
+    fn apply(&mut self, shared: &Arc<Shared>, config: Config) -> anyhow::Result<bool> {
         let current = shared.current();
-        reload::refuse_restart_only_changes(&current.config, &config)?;
-        let Carried { pools, unchanged } = reload::carry_over(&current.config, &mut config);
-        let config = Arc::new(config);
-        reload::warn_about_restart_only_settings(&current.config, &config);
+        let (config, Carried { pools, unchanged }) = reload::prepare(&current.config, config)?;
 
         // Certificates, in the same step: a failure leaves everything as it was.
         let needs_tls = config.listeners.iter().any(|l| l.scheme == Scheme::Https);
