@@ -15,6 +15,9 @@
 //!   `tests/tools/<name>.txt` and installed with `pip install --require-hashes --target
 //!   target/wheel-tools/<name>/` (pip from `target/tools-venv`, a bare venv of `python3`).
 //!
+//! - [`python_venv`]: a venv `target/<name>-venv` with Python libraries pinned (with their
+//!   sha256) in `tests/tools/<name>.txt`, for test scripts that import them.
+//!
 //! - [`cargo_tool`]: a cargo subcommand at a pinned version, `cargo install`ed into
 //!   `target/cargo-tools/<name>/` when the one cargo finds is missing or another version.
 //!
@@ -211,6 +214,47 @@ pub fn wheel_tool(name: &str) -> Result<PathBuf, String> {
             .arg(&pins);
         run_ok("pip install", cmd, FETCH_TIMEOUT)
     })
+}
+
+/// The python of a venv `target/<name>-venv` holding the wheels pinned with their sha256 in
+/// `tests/tools/<name>.txt` (`pip install --require-hashes --no-deps --only-binary :all:`),
+/// for Python libraries a test script imports (not binaries inside wheels: see
+/// [`wheel_tool`]). Built from `$MXGATE_PYTHON` (default `python3`) with `-m venv`, whose
+/// pip comes from Python's own `ensurepip`; reused while its marker names the same pins
+/// file content. The error names the fix when `venv` is missing.
+pub fn python_venv(name: &str) -> Result<PathBuf, String> {
+    let pins = repo_root().join("tests/tools").join(format!("{name}.txt"));
+    let text = fs::read(&pins).map_err(|e| format!("{}: {e}", pins.display()))?;
+    let base = env::var("MXGATE_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let want = format!("venv {base} {name} sha256:{}\n", crate::sha256_hex(&text));
+    let dir = cached(&target_dir(), &format!("{name}-venv"), &want, |tmp| {
+        let mut cmd = Command::new(&base);
+        cmd.args(["-m", "venv"]).arg(tmp);
+        run_ok("python3 -m venv", cmd, FETCH_TIMEOUT).map_err(|e| {
+            format!("{e}\nNeeds python3 with venv. Fix: apt-get install -y python3-venv")
+        })?;
+        let mut cmd = Command::new(tmp.join("bin").join("python"));
+        cmd.args(["-m", "pip", "--disable-pip-version-check", "--no-input"])
+            .args(["install", "--quiet", "--no-deps", "--require-hashes"])
+            .args(["--only-binary", ":all:", "-r"])
+            .arg(&pins);
+        run_ok("pip install", cmd, FETCH_TIMEOUT)
+    })?;
+    // The venv was built under a temporary name and renamed: its `bin/python` finds its
+    // site-packages from where it is, which the import check below proves.
+    let python = dir.join("bin").join("python");
+    let mut cmd = Command::new(&python);
+    cmd.args([
+        "-c",
+        "import sys; sys.exit(0 if sys.prefix != sys.base_prefix else 1)",
+    ]);
+    probe(cmd, "venv python").map_err(|e| {
+        format!(
+            "{e}\n{} is not a working venv: remove it to rebuild",
+            dir.display()
+        )
+    })?;
+    Ok(python)
 }
 
 /// Cargo subcommand `cargo <name>` (crate `cargo-<name>`) at exactly `version`: the one
