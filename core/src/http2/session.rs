@@ -79,7 +79,21 @@ pub struct Session {
     stock: Vec<ExchangeBuffers>,
     /// Storage for the HTTP/1.1 heads written for requests.
     head: BytesMut,
+    /// Streams answered before their request body ended: what the client still sends is
+    /// read and dropped (as an HTTP/1.1 connection lingers), so that clients which treat
+    /// RST_STREAM as a failure even after a complete response (curl before 8.1) keep the
+    /// answer. Bounded like lingering: `timeouts.linger`, `linger_read` between DATA
+    /// frames, `limits.max_linger` bytes; past them the stream is reset (NO_ERROR).
+    draining: Vec<Draining>,
     closing: bool,
+}
+
+struct Draining {
+    id: u32,
+    /// The overall end, and the deadline for the next DATA frame.
+    until: Instant,
+    next: Instant,
+    discarded: u64,
 }
 
 struct Stream {
@@ -138,6 +152,7 @@ impl Session {
             outputs: std::collections::VecDeque::new(),
             stock: Vec::new(),
             head: BytesMut::new(),
+            draining: Vec::new(),
             closing: false,
         };
         session.collect(now);
@@ -161,6 +176,14 @@ impl Session {
     /// A deadline passed (extra calls are harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.h2.handle_timeout(now);
+        let h2 = &mut self.h2;
+        self.draining.retain(|d| {
+            let due = now >= d.next;
+            if due {
+                h2.reset(d.id, ErrorCode::NO_ERROR);
+            }
+            !due
+        });
         for s in &mut self.streams {
             if let Some(ex) = &mut s.exchange {
                 ex.handle_timeout(now);
@@ -171,6 +194,10 @@ impl Session {
 
     /// Drain and reload: GOAWAY (in two steps); streams already open run to their end.
     pub fn begin_shutdown(&mut self, now: Instant) {
+        // Draining should not wait for uploads already answered.
+        for d in std::mem::take(&mut self.draining) {
+            self.h2.reset(d.id, ErrorCode::NO_ERROR);
+        }
         self.h2.begin_shutdown(now);
         self.collect(now);
     }
@@ -239,6 +266,7 @@ impl Session {
             .iter()
             .filter_map(|s| s.exchange.as_ref()?.poll_timeout().map(|(at, _)| at))
             .chain(engine)
+            .chain(self.draining.iter().map(|d| d.next))
             .min()
     }
 
@@ -306,6 +334,7 @@ impl Session {
                 } => {
                     let Some(i) = self.find(stream) else {
                         self.h2.release_capacity(stream, data.len());
+                        self.discard(stream, data.len(), end_stream, now);
                         continue;
                     };
                     let s = &mut self.streams[i];
@@ -333,6 +362,7 @@ impl Session {
                     self.run_stream(i, now);
                 }
                 Event::Reset { stream, .. } => {
+                    self.draining.retain(|d| d.id != stream);
                     if let Some(i) = self.find(stream) {
                         self.abandon(i, now);
                     }
@@ -344,6 +374,7 @@ impl Session {
                 }
                 Event::PeerGoAway { .. } => {}
                 Event::Closed { .. } => {
+                    self.draining.clear();
                     while !self.streams.is_empty() {
                         self.abandon(0, now);
                     }
@@ -508,7 +539,7 @@ impl Session {
                 return self.abandon(i, now);
             }
             if last {
-                return self.end_stream(i);
+                return self.end_stream(i, now);
             }
         }
         let s = &mut self.streams[i];
@@ -533,18 +564,46 @@ impl Session {
                 // Every body byte went out without END_STREAM (the end was learned later).
                 let _ = self.h2.send_data(stream, Bytes::new(), true);
             }
-            self.end_stream(i);
+            self.end_stream(i, now);
         }
     }
 
-    /// The response is complete: if the client is still sending, it is told to stop
-    /// (RST_STREAM NO_ERROR after a complete response, RFC 9113 §8.1).
-    fn end_stream(&mut self, i: usize) {
-        let s = &self.streams[i];
-        if !s.request_ended {
-            self.h2.reset(s.id, ErrorCode::NO_ERROR);
+    /// The response is complete. A client still sending its body may go on (its bytes
+    /// are dropped, see `draining`) within the lingering bounds.
+    fn end_stream(&mut self, i: usize, now: Instant) {
+        let s = self.streams.swap_remove(i);
+        if s.request_ended {
+            return;
         }
-        self.streams.swap_remove(i);
+        let t = &self.config.timeouts;
+        if t.linger.is_zero() || self.closing {
+            self.h2.reset(s.id, ErrorCode::NO_ERROR);
+            return;
+        }
+        let until = now + t.linger;
+        self.draining.push(Draining {
+            id: s.id,
+            until,
+            next: until.min(now + t.linger_read),
+            discarded: 0,
+        });
+    }
+
+    /// Request body bytes for a stream whose answer is out: dropped, within bounds.
+    fn discard(&mut self, stream: u32, n: usize, end_stream: bool, now: Instant) {
+        let Some(i) = self.draining.iter().position(|d| d.id == stream) else {
+            return;
+        };
+        let d = &mut self.draining[i];
+        d.discarded = d.discarded.saturating_add(n as u64);
+        if end_stream {
+            self.draining.swap_remove(i);
+        } else if d.discarded > self.config.limits.max_linger_bytes {
+            self.h2.reset(stream, ErrorCode::NO_ERROR);
+            self.draining.swap_remove(i);
+        } else {
+            d.next = d.until.min(now + self.config.timeouts.linger_read);
+        }
     }
 
     /// The stream is gone (the client reset it, the connection ended, or the engine
