@@ -211,6 +211,7 @@ class Conn:
         self.assembling = None  # a HEADERS frame waiting for CONTINUATIONs
         self.closed = False
         self.next_stream = 1
+        self.answer_pings = True
         if preface:
             self.send(PREFACE + settings_frame(settings))
         if handshake:
@@ -277,6 +278,10 @@ class Conn:
             payload = self.buf[9:9 + length]
             self.buf = self.buf[9 + length:]
             f = Frame(kind, flags, stream, payload)
+            if kind == PING and not flags & ACK and self.answer_pings:
+                # The server's PING (a graceful shutdown sends one) is answered, as any
+                # client does.
+                self.send_quiet(ping_frame(payload, flags=ACK))
             if kind == SETTINGS and not flags & ACK:
                 for i in range(0, len(payload) - 5, 6):
                     k, v = struct.unpack(">HI", payload[i:i + 6])
@@ -574,11 +579,13 @@ def expect_closed_or_goaway(c, code, timeout=READ_TIMEOUT):
         except OSError:
             return
         if not chunk:
-            if not data or data.startswith(b"HTTP/1.1 4") or goaway_in(data, code):
+            if not data or goaway_in(data, code):
                 return
-            fail("expected GOAWAY %s or an HTTP/1.1 4xx and a close, got %r"
-                 % (code_name(code), data[:200]))
+            fail("expected GOAWAY %s or an HTTP/1.1 4xx, got %r" % (code_name(code), data[:200]))
         data += chunk
+        # An HTTP/1.1 refusal, complete: the server may linger before it closes.
+        if data.startswith(b"HTTP/1.1 4") and b"\r\n\r\n" in data:
+            return
     fail("expected the connection to close, it stayed open (got %r)" % data[:200])
 
 
@@ -1440,6 +1447,85 @@ def s8_2_1_push_promise_from_a_client_is_protocol_error(t):
     expect_goaway(c, PROTOCOL_ERROR)
 
 
+# ==== RFC 9113 additions beyond h2spec: §8.2.1 values, §8.3.1 authority, §8.5 CONNECT ====
+
+
+@case("conformance")
+def r8_2_1_1_field_value_with_nul_cr_or_lf_is_protocol_error(t):
+    for value in ["a\x00b", "a\rb", "a\nb"]:
+        try:
+            malformed(t, [(":method", "GET"), (":scheme", t.scheme),
+                          (":authority", t.authority), (":path", OK_PATH), ("x-v", value)])
+        except CaseFailed as e:
+            fail("with value %r: %s" % (value, e))
+
+
+@case("conformance")
+def r8_2_1_2_field_value_with_leading_or_trailing_space_is_protocol_error(t):
+    for value in [" a", "a\t"]:
+        try:
+            malformed(t, [(":method", "GET"), (":scheme", t.scheme),
+                          (":authority", t.authority), (":path", OK_PATH), ("x-v", value)])
+        except CaseFailed as e:
+            fail("with value %r: %s" % (value, e))
+
+
+@case("conformance")
+def r8_2_1_3_field_name_with_invalid_characters_is_protocol_error(t):
+    for name in ["x y", "x:y", "x\x01"]:
+        try:
+            malformed(t, [(":method", "GET"), (":scheme", t.scheme),
+                          (":authority", t.authority), (":path", OK_PATH), (name, "v")])
+        except CaseFailed as e:
+            fail("with name %r: %s" % (name, e))
+
+
+@case("conformance")
+def r8_3_1_1_authority_with_userinfo_is_protocol_error(t):
+    malformed(t, [(":method", "GET"), (":scheme", t.scheme),
+                  (":authority", "user@" + t.authority), (":path", OK_PATH)])
+
+
+@case("conformance")
+def r8_3_1_2_host_differing_from_authority_is_protocol_error(t):
+    malformed(t, [(":method", "GET"), (":scheme", t.scheme), (":authority", t.authority),
+                  (":path", OK_PATH), ("host", "other.example.org")])
+
+
+@case("conformance")
+def r8_3_1_3_extended_connect_without_the_setting_is_protocol_error(t):
+    malformed(t, [(":method", "GET"), (":protocol", "websocket"), (":scheme", t.scheme),
+                  (":authority", t.authority), (":path", OK_PATH)])
+
+
+@case("conformance", "tls")
+def r8_5_1_connect_is_answered_501(t):
+    c = Conn(t)
+    c.headers(1, [(":method", "CONNECT"), (":authority", "example.org:443")])
+    expect_response(c, 1, status=501)
+    expect_alive(c)
+
+
+@case("conformance")
+def r6_5_2_1_header_list_above_max_header_list_size_is_answered_431(t):
+    c = Conn(t)
+    limit = c.server_settings.get(S_MAX_HEADER_LIST_SIZE)
+    if not limit:
+        fail("expected SETTINGS_MAX_HEADER_LIST_SIZE from the server, got none")
+    big = [("x-big-%d" % i, "v" * 1000) for i in range(limit // 1000 + 2)]
+    fields = c.request_fields(extra=big)
+    blk = c.block(fields)
+    # Split at the frame size: HEADERS then CONTINUATIONs.
+    parts = [blk[i:i + 16384] for i in range(0, len(blk), 16384)]
+    sid = c.stream_id()
+    c.send(frame(HEADERS, END_STREAM | (END_HEADERS if len(parts) == 1 else 0), sid, parts[0]))
+    for i, part in enumerate(parts[1:]):
+        c.send(frame(CONTINUATION, END_HEADERS if i == len(parts) - 2 else 0, sid, part))
+    expect_response(c, sid, status=431)
+    # The HPACK state survived: the next request on the connection is answered.
+    expect_response(c, c.get())
+
+
 # ==== RFC 7541 (h2spec hpack) =============================================================
 
 
@@ -1679,10 +1765,12 @@ class H2Client:
         if data:
             self.sock.sendall(data)
 
-    def request(self, path, method="GET", headers=(), body=None, end=True):
+    def request(self, path, method="GET", headers=(), body=None, end=True, authority=True):
         sid = self.conn.get_next_available_stream_id()
-        hdrs = [(":method", method), (":scheme", self.t.scheme),
-                (":authority", self.t.authority), (":path", path)] + list(headers)
+        hdrs = [(":method", method), (":scheme", self.t.scheme)]
+        if authority:
+            hdrs.append((":authority", self.t.authority))
+        hdrs = hdrs + [(":path", path)] + list(headers)
         self.conn.send_headers(sid, [(k.encode(), v.encode() if isinstance(v, str) else v)
                                      for k, v in hdrs],
                                end_stream=body is None and end)
@@ -1801,9 +1889,9 @@ def p3_admin_path_is_refused(t):
 
 @case("proxy", "proxy_tls")
 def p4_upload_over_max_body_gets_413(t):
-    # The test config sets max_body = "1M". Announced length: answered at once.
+    # The test config sets max_body = "9M". Announced length: answered at once.
     c = H2Client(t)
-    body = b"u" * (2 << 20)
+    body = b"u" * (10 << 20)
     sid = c.request("/_matrix/media/v3/upload", "POST",
                     [("content-length", str(len(body))), ("content-type", "image/png")],
                     body=body)
@@ -1877,6 +1965,15 @@ def p8_many_streams_on_one_connection_are_all_answered(t):
     for s, st in zip(sids, c.wait(sids)):
         if st["status"] != 200:
             fail("stream %d: expected 200, got %s" % (s, st))
+
+
+@case("proxy", "proxy_tls")
+def p9_cookies_are_joined_and_host_stands_in_for_authority(t):
+    c = H2Client(t)
+    st = c.response(c.request(OK_PATH, authority=False, headers=[
+        ("host", t.authority), ("cookie", "a=1"), ("x-h2-test", "cookies"), ("cookie", "b=2")]))
+    if st["status"] != 200:
+        fail("expected 200, got %s" % st["status"])
 
 
 # ==== attacks ==============================================================================
@@ -2221,6 +2318,79 @@ def a15_many_connections_flooding_at_once_stay_bounded(t):
         if errors:
             fail("; ".join(errors[:4]))
     attack("a15_many_connections_flooding_at_once_stay_bounded", t, run)
+
+
+@case("attack")
+def a16_a_client_that_never_acknowledges_settings_gets_settings_timeout(t):
+    def run():
+        c = Conn(t, handshake=False)
+        c.answer_pings = False
+        # Reads the server's SETTINGS but never sends the ACK (the test config sets
+        # settings_timeout = "2s").
+        expect_goaway(c, SETTINGS_TIMEOUT, timeout=15)
+    attack("a16_a_client_that_never_acknowledges_settings_gets_settings_timeout", t, run)
+
+
+@case("attack")
+def a17_an_idle_connection_is_closed_with_goaway(t):
+    def run():
+        c = Conn(t)
+        expect_response(c, c.get())
+        # Nothing open for idle_timeout (the test config sets "3s"): GOAWAY NO_ERROR.
+        t0 = time.monotonic()
+        expect_goaway(c, NO_ERROR, timeout=15)
+        info("a17_an_idle_connection_is_closed_with_goaway", "closed_after_s",
+             "%.1f" % (time.monotonic() - t0))
+    attack("a17_an_idle_connection_is_closed_with_goaway", t, run)
+
+
+@case("attack")
+def a18_a_silent_client_after_the_preface_is_closed(t):
+    def run():
+        c = Conn(t, preface=False, handshake=False)
+        c.send(PREFACE[:10])  # and then nothing
+        try:
+            while True:
+                c.read_frame(timeout=20)
+        except Closed:
+            return
+        except Timeout:
+            fail("a client that stalls inside the preface must be closed (idle_timeout), "
+                 "the connection stayed open 20 s")
+    attack("a18_a_silent_client_after_the_preface_is_closed", t, run)
+
+
+@case("drain")
+def d1_sigterm_drains_open_streams_with_goaway(t):
+    import signal
+    c = Conn(t)
+    sid = c.get("/_matrix/test/slow?ms=2000")
+    time.sleep(0.3)  # the request reached the origin
+    os.kill(t.pid, signal.SIGTERM)
+    goaways = []
+    status = None
+    while True:
+        try:
+            f = c.read_frame(timeout=15)
+        except Timeout:
+            fail("after SIGTERM: nothing more within 15 s (GOAWAYs: %s, status %s)"
+                 % (goaways, status))
+        except Closed:
+            break
+        if f.kind == GOAWAY:
+            goaways.append(str(f))
+            if f.code() != NO_ERROR:
+                fail("after SIGTERM: expected GOAWAY NO_ERROR, got %s" % f)
+        elif f.kind == RST_STREAM:
+            fail("after SIGTERM: the stream in flight was reset: %s" % f)
+        elif f.kind == HEADERS and f.stream == sid:
+            status = dict(f.headers).get(b":status")
+    if not goaways:
+        fail("after SIGTERM: the connection closed without GOAWAY")
+    if status != b"200":
+        fail("after SIGTERM: expected the stream in flight answered 200, got %r (GOAWAYs: %s)"
+             % (status, goaways))
+    info("d1_sigterm_drains_open_streams_with_goaway", "goaways", len(goaways))
 
 
 # ---- main ---------------------------------------------------------------------------------

@@ -281,6 +281,25 @@ fn proxy_behaviour_over_h2() {
             );
             assert!(h1.status >= 400, "tls={tls}: {h1:?}");
 
+            // Several `cookie` fields reach the origin as one Cookie (RFC 9113 §8.2.3), and
+            // `host` stands in for a missing `:authority`.
+            let cookies = reqs
+                .iter()
+                .find(|r| r.head.header("x-h2-test").as_deref() == Some("cookies"))
+                .unwrap_or_else(|| {
+                    panic!("tls={tls}: the cookie request never reached the origin")
+                });
+            assert_eq!(
+                cookies.head.headers_named("cookie"),
+                vec!["a=1; b=2".to_owned()],
+                "tls={tls}: {cookies:#?}"
+            );
+            assert_eq!(
+                cookies.head.headers_named("host"),
+                vec!["localhost".to_owned()],
+                "tls={tls}: {cookies:#?}"
+            );
+
             // The 413s: the over-limit uploads never reached the origin whole.
             assert!(
                 !reqs
@@ -288,6 +307,14 @@ fn proxy_behaviour_over_h2() {
                     .any(|r| r.head.path() == "/_matrix/media/v3/upload" && r.body_complete),
                 "tls={tls}: an upload over max_body reached the origin whole"
             );
+
+            // The same listener still speaks HTTP/1.1.
+            let h1 = s.exchange(
+                Role::Client,
+                tls,
+                &get("/_matrix/client/versions", "localhost"),
+            );
+            assert_eq!(h1.status, 200, "tls={tls}: HTTP/1.1 beside h2: {h1:?}");
         }
     });
 }
@@ -298,7 +325,13 @@ fn proxy_behaviour_over_h2() {
 #[test]
 fn attacks_are_answered_and_memory_stays_bounded() {
     each_runtime(|rt| {
-        let s = h2_scene(rt, "send_stall_timeout = \"2s\"", |c| c);
+        let s = h2_scene(
+            rt,
+            "send_stall_timeout = \"2s\"\nidle_timeout = \"3s\"\nsettings_timeout = \"2s\"",
+            // A client stalled inside the preface on the plain listener is still reading
+            // an HTTP/1.1 head as far as the listener knows.
+            |c| c.section("timeouts", "client_header = \"3s\""),
+        );
         // Warm: one exchange each way, so the idle figure includes the first buffers.
         assert_eq!(
             s.exchange(
@@ -331,6 +364,22 @@ fn attacks_are_answered_and_memory_stays_bounded() {
             200,
             "HTTP/1.1 after the attacks"
         );
+    });
+}
+
+/// SIGTERM during an h2 exchange: GOAWAY NO_ERROR (the graceful two-step one, the client
+/// answering the server's PING), the stream in flight still answered, then the close.
+#[test]
+fn sigterm_drains_h2_streams_with_goaway() {
+    each_runtime(|rt| {
+        for tls in [false, true] {
+            let mut s = h2_scene(rt, "", |c| c);
+            run_cases(&s, tls, &["--group", "drain"]).assert_passed(&format!("drain, tls={tls}"));
+            assert!(
+                s.proxy.wait_exit(Duration::from_secs(10)).is_some(),
+                "tls={tls}: the proxy did not exit after draining"
+            );
+        }
     });
 }
 
