@@ -2301,7 +2301,7 @@ def a15_many_connections_flooding_at_once_stay_bounded(t):
             try:
                 c = Conn(t)
                 burst = b""
-                for j in range(300):
+                for j in range(250):
                     sid = 1 + 2 * j
                     burst += frame(HEADERS, END_STREAM | END_HEADERS, sid,
                                    c.block(c.request_fields(SLOW_PATH)))
@@ -2310,7 +2310,7 @@ def a15_many_connections_flooding_at_once_stay_bounded(t):
                 expect_goaway(c, ENHANCE_YOUR_CALM, timeout=15, ignore_rst=True)
             except Exception as e:  # noqa: BLE001 - reported below
                 errors.append("connection %d: %s" % (i, e))
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
         for th in threads:
             th.start()
         for th in threads:

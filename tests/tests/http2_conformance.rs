@@ -53,7 +53,26 @@
 //! | generic 1–5 | GET, HEAD, POST, POST with trailers, padding, priority, PRIORITY variants, frames on half-closed/closed streams, WINDOW_UPDATE, GOAWAY, every HPACK representation and table size updates | all but server push |
 //! | 3.2 / 3.3 (h2c upgrade, h2spec `http2/3.2`) | not in h2spec's default run; mxgate never upgrades: `an_h2c_upgrade_on_an_http2_listener_is_not_honoured_or_forwarded` | as a proxy test |
 //! | 6.6 PUSH_PROMISE sent by the server, 8.2 push | mxgate never pushes (clients' ENABLE_PUSH is moot) | not applicable |
-//! | 8.3 CONNECT | h2spec has no case; mxgate answers 501 (engine unit test) | not here |
+//! | 8.3 CONNECT | h2spec has no case; mxgate answers 501: `r8_5_1_connect_is_answered_501` | beyond h2spec |
+//! | 3.3 TLS (h2spec `tls`: TLS 1.2+, cipher blocklist) | rustls only offers RFC 9113 §9.2-conforming suites; covered by `tls.rs` | not here |
+//! | 6.9.2 "changes INITIAL_WINDOW_SIZE after HEADERS" with a response of size > window | as `s6_9_2_1` / `s6_9_2_2` | all |
+//!
+//! Beyond h2spec (RFC 9113 text h2spec has no case for): field values with NUL/CR/LF or
+//! edge whitespace, invalid name characters (§8.2.1), `:authority` with userinfo, `host`
+//! differing from `:authority`, `:protocol` without SETTINGS_ENABLE_CONNECT_PROTOCOL
+//! (§8.3.1, RFC 8441), CONNECT (§8.5), a header list over SETTINGS_MAX_HEADER_LIST_SIZE
+//! (431, the HPACK state kept), `te: trailers` accepted.
+//!
+//! Attacks (`attacks_are_answered_and_memory_stays_bounded`, RSS sampled every 10 ms, bound
+//! 64 MiB over the idle figure): Rapid Reset (CVE-2023-44487), CONTINUATION flood (small
+//! frames: count bound; 16 KiB frames: size bound; CVE-2024-27316), MadeYouReset
+//! (CVE-2025-8671: WINDOW_UPDATE overflow and DATA on half-closed streams), HPACK bomb (431
+//! each, then ENHANCE_YOUR_CALM), HPACK table churn, SETTINGS / PING / empty DATA /
+//! WINDOW_UPDATE / PRIORITY floods, a zero-window reader (reset after
+//! `send_stall_timeout`), a client that never reads the socket, stream ids going
+//! backwards, 8 connections flooding at once, a client that never acknowledges SETTINGS
+//! (SETTINGS_TIMEOUT), an idle connection (GOAWAY after `idle_timeout`), a client stalled
+//! inside the preface.
 //!
 //! Where RFC 9113 lets a server pick a stream or a connection error, the cases expect the
 //! one the engine (`core/src/http2`) documents, e.g. DATA on a half-closed (remote)
