@@ -1976,6 +1976,55 @@ def p9_cookies_are_joined_and_host_stands_in_for_authority(t):
         fail("expected 200, got %s" % st["status"])
 
 
+# Requests whose pseudo-fields could not be written as a faithful HTTP/1.1 request line or
+# Host, or whose path resolves elsewhere: each must be refused (4xx or a reset), never
+# forwarded. (label, method, authority, path)
+SMUGGLE = [
+    ("space-in-path", "GET", None, "/_matrix/client/versions HTTP/1.0"),
+    ("space-in-method", "GET /_synapse/admin/v1/users", None, "/_matrix/client/versions"),
+    ("slash-in-authority", "GET", "localhost/_synapse", "/_matrix/client/versions"),
+    ("space-in-authority", "GET", "localhost evil", "/_matrix/client/versions"),
+    ("dot-segments", "GET", None, "/_matrix/../_synapse/admin/v1/users"),
+    ("encoded-dot-segments", "GET", None, "/_matrix/%2e%2e/_synapse/admin/v1/users"),
+    ("asterisk", "GET", None, "*"),
+    ("no-leading-slash", "GET", None, "_matrix/client/versions"),
+    ("fragment", "GET", None, "/_matrix/client/versions#frag"),
+]
+
+
+@case("proxy", "proxy_tls")
+def p10_unwritable_or_ambiguous_requests_are_refused_not_forwarded(t):
+    problems = []
+    for label, method, authority, path in SMUGGLE:
+        c = Conn(t)
+        fields = [(":method", method), (":scheme", t.scheme),
+                  (":authority", authority or t.authority), (":path", path),
+                  ("x-h2-test", "smuggle-" + label)]
+        sid = c.stream_id()
+        c.headers(sid, fields)
+        outcome = None
+        while outcome is None:
+            try:
+                f = c.read_frame()
+            except (Timeout, Closed) as e:
+                outcome = "no answer (%s)" % type(e).__name__
+                break
+            if f.stream == sid and f.kind == RST_STREAM:
+                outcome = "reset %s" % code_name(f.code())
+            elif f.stream == sid and f.kind == HEADERS:
+                outcome = "status %s" % dict(f.headers).get(b":status", b"?").decode()
+            elif f.kind == GOAWAY:
+                outcome = "goaway %s" % code_name(f.code())
+        info("p10_unwritable_or_ambiguous_requests_are_refused_not_forwarded", label,
+             outcome.replace(" ", "_"))
+        if not (outcome.startswith("reset") or outcome.startswith("status 4")):
+            problems.append("%s (%s %r %r): expected a 4xx or RST_STREAM, got %s"
+                            % (label, method, authority, path, outcome))
+        c.close()
+    if problems:
+        fail("; ".join(problems))
+
+
 # ==== attacks ==============================================================================
 
 

@@ -319,6 +319,22 @@ fn proxy_behaviour_over_h2() {
                 "tls={tls}: {cookies:#?}"
             );
 
+            // Pseudo-fields no HTTP/1.1 request line or Host can carry faithfully, and
+            // paths that resolve elsewhere: refused, never forwarded.
+            let smuggled: Vec<String> = reqs
+                .iter()
+                .filter(|r| {
+                    r.head
+                        .header("x-h2-test")
+                        .is_some_and(|v| v.starts_with("smuggle-"))
+                })
+                .map(|r| show(&r.head.raw, 300))
+                .collect();
+            assert!(
+                smuggled.is_empty(),
+                "tls={tls}: refused requests reached the origin: {smuggled:#?}"
+            );
+
             // The 413s: the over-limit uploads never reached the origin whole.
             assert!(
                 !reqs
