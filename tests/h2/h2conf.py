@@ -212,6 +212,7 @@ class Conn:
         self.closed = False
         self.next_stream = 1
         self.answer_pings = True
+        self.stash = []  # frames for other streams, kept while one response is read
         if preface:
             self.send(PREFACE + settings_frame(settings))
         if handshake:
@@ -265,7 +266,10 @@ class Conn:
         self.buf += data
 
     def read_frame(self, timeout=READ_TIMEOUT):
-        """The next frame (HEADERS with their CONTINUATIONs joined and decoded)."""
+        """The next frame (HEADERS with their CONTINUATIONs joined and decoded); frames
+        set aside by `expect_response` for other streams come first."""
+        if self.stash:
+            return self.stash.pop(0)
         deadline = time.monotonic() + timeout
         while True:
             while len(self.buf) < 9:
@@ -442,6 +446,15 @@ def expect_response(c, stream, status=200, timeout=READ_TIMEOUT, ack_data=True):
     DATA is acknowledged with WINDOW_UPDATEs so large bodies keep coming."""
     want = "a %s response on stream %d" % (status, stream)
     seen = []
+    aside = []
+    try:
+        return _expect_response(c, stream, status, timeout, ack_data, want, seen, aside)
+    finally:
+        # Frames of other streams stay readable for the next verifier, in order.
+        c.stash = aside + c.stash
+
+
+def _expect_response(c, stream, status, timeout, ack_data, want, seen, aside):
     got_status = None
     hdrs = {}
     body = b""
@@ -456,6 +469,8 @@ def expect_response(c, stream, status=200, timeout=READ_TIMEOUT, ack_data=True):
             fail("expected %s, got %s" % (want, f))
         if f.stream != stream:
             seen.append(str(f))
+            if f.stream != 0:
+                aside.append(f)
             continue
         if f.kind == RST_STREAM:
             fail("expected %s, got %s" % (want, f))
@@ -1737,6 +1752,34 @@ def g5_1_every_hpack_representation_is_decoded(t):
             expect_response(c, sid)
         except CaseFailed as e:
             fail("%s: %s" % (what, e))
+
+
+@case("conformance", "tls")
+def g6_1_a_connection_written_one_byte_at_a_time_is_served(t):
+    c = Conn(t, preface=False, handshake=False)
+    blk = c.block(c.request_fields(ECHO_PATH, "POST", [("content-length", "4")]))
+    data = (PREFACE + settings_frame() + settings_frame(flags=ACK)
+            + frame(HEADERS, END_HEADERS, 1, blk) + frame(DATA, END_STREAM, 1, b"abcd"))
+    for i in range(len(data)):
+        c.send(data[i:i + 1])
+        if i % 16 == 0:
+            time.sleep(0.001)
+    _, _, body = expect_response(c, 1)
+    if b'"len":4' not in body:
+        fail("expected the origin to get the 4 body bytes, it answered %r" % body)
+
+
+@case("conformance", "tls")
+def g6_2_frames_coalesced_in_one_write_are_all_processed(t):
+    c = Conn(t, preface=False, handshake=False)
+    data = PREFACE + settings_frame() + settings_frame(flags=ACK)
+    for i in range(5):
+        data += frame(HEADERS, END_STREAM | END_HEADERS, 1 + 2 * i,
+                      c.block(c.request_fields(OK_PATH + "?n=%d" % i)))
+    data += ping_frame(b"coalesce")
+    c.send(data)
+    for i in range(5):
+        expect_response(c, 1 + 2 * i)
 
 
 # ==== proxy behaviour (h2.connection.H2Connection) =========================================

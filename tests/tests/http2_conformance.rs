@@ -451,6 +451,31 @@ fn an_h2c_upgrade_on_an_http2_listener_is_not_honoured_or_forwarded() {
     });
 }
 
+/// On a plain listener with `http2 = true`, HTTP/1.1 is told apart from the preface by its
+/// first bytes: a request shorter than the 24-byte preface is answered, not held waiting
+/// for more, and one starting like the preface (`PRI `) but not it is HTTP/1.1's to refuse.
+#[test]
+fn short_http1_requests_on_a_prior_knowledge_listener_are_answered() {
+    each_runtime(|rt| {
+        let s = h2_scene(rt, "", |c| c);
+        for req in [
+            &b"GET / HTTP/1.0\r\n\r\n"[..],
+            b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"PRI / HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            let mut c = s.connect(Role::Client, false);
+            let res = c
+                .request(req)
+                .unwrap_or_else(|e| panic!("{}: no HTTP/1.1 answer: {e:?}", show(req, 100)));
+            assert!(
+                res.status == 200 || (400..500).contains(&res.status),
+                "{}: {res:?}",
+                show(req, 100)
+            );
+        }
+    });
+}
+
 /// Without `http2 = true` a plain listener speaks only HTTP/1.1: the preface gets an
 /// HTTP/1.1 answer, never a SETTINGS frame; `http2 = false` on a TLS listener takes `h2`
 /// out of ALPN.
