@@ -1454,6 +1454,12 @@ def s8_1_2_6_3_content_length_above_the_data_at_end_stream_is_protocol_error(t):
 
 
 @case("conformance")
+def s8_1_2_6_4_content_length_with_end_stream_on_headers_is_protocol_error(t):
+    malformed(t, [(":method", "POST"), (":scheme", t.scheme), (":authority", t.authority),
+                  (":path", ECHO_PATH), ("content-length", "10")])
+
+
+@case("conformance")
 def s8_2_1_push_promise_from_a_client_is_protocol_error(t):
     c = Conn(t)
     c.headers(1, path=SLOW_PATH)
@@ -1705,6 +1711,30 @@ def g2_3_priority_on_a_closed_stream_is_accepted(t):
     expect_response(c, c.get())
     c.send(frame(PRIORITY, 0, 1, priority_payload(0)))
     expect_alive(c)
+
+
+@case("conformance")
+def g2_4_window_update_and_rst_stream_on_a_closed_stream_are_accepted(t):
+    c = Conn(t)
+    sid = c.get()
+    expect_response(c, sid)
+    c.send(window_update(sid, 100))
+    c.send(rst_frame(sid, CANCEL))
+    expect_alive(c)
+    expect_response(c, c.get())
+
+
+@case("conformance", "tls")
+def g4_1_a_header_table_size_of_0_is_honoured_by_the_server(t):
+    c = Conn(t, settings=[(S_HEADER_TABLE_SIZE, 0)])
+    # A decoder with no dynamic table: a response encoded against one fails to decode.
+    c.dec.header_table_size = 0
+    c.dec.max_allowed_table_size = 0
+    for _ in range(3):
+        try:
+            expect_response(c, c.get())
+        except hpack.HPACKError as e:
+            fail("with SETTINGS_HEADER_TABLE_SIZE 0, a response used the dynamic table: %r" % e)
 
 
 @case("conformance")
