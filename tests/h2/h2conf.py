@@ -2049,6 +2049,66 @@ def p9_cookies_are_joined_and_host_stands_in_for_authority(t):
         fail("expected 200, got %s" % st["status"])
 
 
+@case("proxy", "proxy_tls")
+def p11_a_cut_upstream_response_is_a_reset_not_an_end(t):
+    # The origin announces 100000 bytes, sends 1000, and closes: the client must see the
+    # stream reset, never END_STREAM on a short body.
+    c = Conn(t)
+    sid = c.get("/_matrix/test/cut")
+    got = 0
+    while True:
+        try:
+            f = c.read_frame(timeout=10)
+        except (Timeout, Closed) as e:
+            fail("expected RST_STREAM after %d of 100000 bytes, got %s" % (got, type(e).__name__))
+        if f.stream != sid:
+            continue
+        if f.kind == DATA:
+            got += len(f.payload)
+            if f.flags & END_STREAM:
+                fail("a cut upstream response ended the stream normally after %d of 100000 "
+                     "bytes (a truncated body looks complete)" % got)
+        elif f.kind == HEADERS and f.flags & END_STREAM:
+            fail("a cut upstream response ended with %s" % f)
+        elif f.kind == RST_STREAM:
+            if f.code() == NO_ERROR:
+                fail("expected RST_STREAM with an error code, got %s" % f)
+            break
+        elif f.kind == GOAWAY:
+            fail("expected RST_STREAM on stream %d only, got %s" % (sid, f))
+    expect_alive(c)
+    expect_response(c, c.get())
+
+
+@case("proxy", "proxy_tls")
+def p12_a_chunked_upstream_response_arrives_as_data_without_hop_by_hop_fields(t):
+    # python-hyper rejects connection-specific fields in a response (RFC 9113 §8.2.2).
+    c = H2Client(t)
+    st = c.response(c.request("/_matrix/test/chunked"))
+    want = b'{"chunks":["one","two","three"]}'
+    if st["status"] != 200 or bytes(st["body"]) != want:
+        fail("expected 200 %r, got %s %r" % (want, st["status"], bytes(st["body"])))
+    bad = [k for k in st["headers"] if k in ("transfer-encoding", "connection", "keep-alive")]
+    if bad:
+        fail("connection-specific fields in an h2 response: %s" % bad)
+
+
+@case("deadup")
+def p13_an_unreachable_upstream_is_a_502_on_its_stream_only(t):
+    c = H2Client(t)
+    a = c.request(OK_PATH)
+    b = c.request("/.well-known/matrix/client")
+    sa, sb = c.wait([a, b])
+    if sa["status"] != 502 or b"errcode" not in sa["body"]:
+        fail("expected 502 with a Matrix error from an unreachable upstream, got %s %r"
+             % (sa["status"], bytes(sa["body"][:200])))
+    if sb["status"] != 200:
+        fail("expected mxgate's own .well-known 200 beside the 502, got %s" % sb["status"])
+    st = c.response(c.request(OK_PATH))
+    if st["status"] != 502:
+        fail("expected the connection to serve the next stream (502 again), got %s" % st)
+
+
 # Requests whose pseudo-fields could not be written as a faithful HTTP/1.1 request line or
 # Host, or whose path resolves elsewhere: each must be refused (4xx or a reset), never
 # forwarded. (label, method, authority, path)

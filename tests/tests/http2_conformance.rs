@@ -402,6 +402,22 @@ fn attacks_are_answered_and_memory_stays_bounded() {
     });
 }
 
+/// An upstream that refuses connections: 502 (a Matrix JSON error) on that stream, the
+/// connection and its other streams unaffected.
+#[test]
+fn an_unreachable_upstream_is_a_502_on_its_stream_only() {
+    each_runtime(|rt| {
+        let s = h2_scene(rt, "", |mut c| {
+            c.homeserver = format!("http://127.0.0.1:{}", proxy::dead_port());
+            c
+        });
+        for tls in [false, true] {
+            run_cases(&s, tls, &["--group", "deadup"])
+                .assert_passed(&format!("dead upstream, tls={tls}"));
+        }
+    });
+}
+
 /// SIGTERM during an h2 exchange: GOAWAY NO_ERROR (the graceful two-step one, the client
 /// answering the server's PING), the stream in flight still answered, then the close.
 #[test]
