@@ -2109,6 +2109,30 @@ def p13_an_unreachable_upstream_is_a_502_on_its_stream_only(t):
         fail("expected the connection to serve the next stream (502 again), got %s" % st)
 
 
+@case("proxy", "proxy_tls")
+def p14_expect_100_continue_gets_an_interim_100_or_a_413(t):
+    c = Conn(t)
+    sid = c.stream_id()
+    c.headers(sid, c.request_fields(ECHO_PATH, "POST", [("content-length", "4"),
+                                                        ("expect", "100-continue")]),
+              end_stream=False)
+    f = next_for(c, sid)
+    if f.kind != HEADERS or dict(f.headers).get(b":status") != b"100":
+        fail("expected an interim 100 before the body is sent, got %s" % f)
+    c.send(frame(DATA, END_STREAM, sid, b"abcd"))
+    _, _, body = expect_response(c, sid)
+    if b'"len":4' not in body:
+        fail("expected the origin to get the 4 bytes after the 100, got %r" % body)
+    # Over the limit (max_body is 9M in the test config): the final 413 instead of 100.
+    sid = c.stream_id()
+    c.headers(sid, c.request_fields(ECHO_PATH, "POST", [("content-length", str(40 << 20)),
+                                                        ("expect", "100-continue")]),
+              end_stream=False)
+    status, _, body = expect_response(c, sid, status=None)
+    if status != 413 or b"M_TOO_LARGE" not in body:
+        fail("expected 413 M_TOO_LARGE without a 100, got %s %r" % (status, body[:200]))
+
+
 # Requests whose pseudo-fields could not be written as a faithful HTTP/1.1 request line or
 # Host, or whose path resolves elsewhere: each must be refused (4xx or a reset), never
 # forwarded. (label, method, authority, path)
