@@ -2596,6 +2596,11 @@ def d1_sigterm_drains_open_streams_with_goaway(t):
     if status != b"200":
         fail("after SIGTERM: expected the stream in flight answered 200, got %r (GOAWAYs: %s)"
              % (status, goaways))
+    # RFC 9113 §6.8: first GOAWAY with 2^31-1 (streams in flight may still arrive), then,
+    # after a round trip (the PING), the final one naming the last stream processed.
+    want = ["GOAWAY(last_stream=2147483647, NO_ERROR", "GOAWAY(last_stream=%d, NO_ERROR" % sid]
+    if len(goaways) != 2 or not all(g.startswith(w) for g, w in zip(goaways, want)):
+        fail("after SIGTERM: expected %s..., then %s..., got %s" % (want[0], want[1], goaways))
     info("d1_sigterm_drains_open_streams_with_goaway", "goaways", len(goaways))
 
 
