@@ -2093,6 +2093,62 @@ def p12_a_chunked_upstream_response_arrives_as_data_without_hop_by_hop_fields(t)
         fail("connection-specific fields in an h2 response: %s" % bad)
 
 
+@case("proxy", "proxy_tls")
+def p15_interleaved_uploads_on_one_connection_all_arrive_whole(t):
+    # Ten uploads at once, 600 KiB each: 6 MiB through a 1 MiB connection window and
+    # 256 KiB stream windows, DATA frames of all streams interleaved.
+    c = H2Client(t)
+    bodies = {}
+    for i in range(10):
+        body = os.urandom(600 * 1024)
+        sid = c.request(ECHO_PATH, "POST", [("content-length", str(len(body)))], end=False)
+        bodies[sid] = [body, 0]
+    deadline = time.monotonic() + 60
+    while any(off < len(b) for b, off in bodies.values()):
+        progressed = False
+        for sid, entry in bodies.items():
+            body, off = entry
+            if off >= len(body):
+                continue
+            n = min(c.conn.local_flow_control_window(sid), c.conn.max_outbound_frame_size,
+                    len(body) - off, 16384)
+            if n > 0:
+                c.conn.send_data(sid, body[off:off + n], end_stream=off + n == len(body))
+                entry[1] = off + n
+                progressed = True
+        c.flush()
+        if not progressed:
+            c.pump(deadline - time.monotonic())
+    for sid, st in zip(bodies, c.wait(list(bodies), timeout=60)):
+        want = '"len":%d,"sha256":"%s"' % (len(bodies[sid][0]),
+                                           hashlib.sha256(bodies[sid][0]).hexdigest())
+        if st["status"] != 200 or want.encode() not in st["body"]:
+            fail("stream %d: expected the origin to echo %s, got %s %r"
+                 % (sid, want, st["status"], bytes(st["body"][:200])))
+
+
+@case("proxy", "proxy_tls")
+def p16_a_reset_upload_does_not_spill_into_the_next_request(t):
+    c = Conn(t)
+    sid = c.stream_id()
+    c.headers(sid, c.request_fields(ECHO_PATH, "POST", [("content-length", "100000")]),
+              end_stream=False)
+    c.send(frame(DATA, 0, sid, b"y" * 16384) + frame(DATA, 0, sid, b"y" * 16384))
+    time.sleep(0.2)
+    c.send(rst_frame(sid, CANCEL))
+    for i in range(3):
+        nxt = c.stream_id()
+        c.headers(nxt, c.request_fields(ECHO_PATH, "POST", [("content-length", "3"),
+                                                            ("x-h2-test", "after-reset")]),
+                  end_stream=False)
+        c.send(frame(DATA, END_STREAM, nxt, b"abc"))
+        _, _, body = expect_response(c, nxt)
+        want = '"len":3,"sha256":"%s"' % hashlib.sha256(b"abc").hexdigest()
+        if want.encode() not in body:
+            fail("after a reset upload, request %d: expected the origin to echo %s, got %r"
+                 % (i, want, body))
+
+
 @case("deadup")
 def p13_an_unreachable_upstream_is_a_502_on_its_stream_only(t):
     c = H2Client(t)
@@ -2564,6 +2620,37 @@ def a18_a_silent_client_after_the_preface_is_closed(t):
             fail("a client that stalls inside the preface must be closed (idle_timeout), "
                  "the connection stayed open 20 s")
     attack("a18_a_silent_client_after_the_preface_is_closed", t, run)
+
+
+@case("attack")
+def a19_an_upload_to_an_upstream_that_never_reads_is_held_by_flow_control(t):
+    def run():
+        # The origin's /_matrix/test/deaf never reads the body: the client must end up
+        # blocked on a closed window, with mxgate holding at most its windows. 40 MiB: under
+        # the default max_body, far over what socket buffers absorb.
+        n = 40 << 20
+        c = H2Client(t)
+        result = {}
+
+        def upload():
+            try:
+                c.request("/_matrix/test/deaf", "POST", [("content-length", str(n))],
+                          body=b"x" * n)
+                result["done"] = True
+            except (CaseFailed, Closed) as e:
+                result["error"] = str(e)
+        th = threading.Thread(target=upload, daemon=True)
+        th.start()
+        th.join(4)
+        if not th.is_alive():
+            fail("expected the upload to stay blocked on flow control, it ended: %s" % result)
+        window = c.conn.local_flow_control_window(1)
+        if window != 0 and c.conn.outbound_flow_control_window != 0:
+            fail("expected a closed window while the upstream reads nothing, the client may "
+                 "still send %d bytes" % window)
+        c.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked reader
+        th.join(5)
+    attack("a19_an_upload_to_an_upstream_that_never_reads_is_held_by_flow_control", t, run)
 
 
 @case("drain")

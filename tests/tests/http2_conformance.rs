@@ -72,7 +72,8 @@
 //! `send_stall_timeout`), a client that never reads the socket, stream ids going
 //! backwards, 8 connections flooding at once, a client that never acknowledges SETTINGS
 //! (SETTINGS_TIMEOUT), an idle connection (GOAWAY after `idle_timeout`), a client stalled
-//! inside the preface.
+//! inside the preface, a 40 MiB upload to an upstream that never reads (the client ends up
+//! blocked on a closed window).
 //!
 //! Where RFC 9113 lets a server pick a stream or a connection error, the cases expect the
 //! one the engine (`core/src/http2`) documents, e.g. DATA on a half-closed (remote)
