@@ -3,7 +3,8 @@
 //!
 //! No sockets, files, threads, clocks or async here: bytes and events go in, decisions
 //! and bytes come out, and time is passed in. [`Connection`] states the contract a runtime
-//! follows ([`Http2Session`] the same for an HTTP/2 client connection); [`config`] holds the validated configuration and its TOML file format.
+//! follows ([`Http2Session`] the same for an HTTP/2 client connection); [`config`] holds
+//! the validated configuration and its TOML file format.
 
 mod answer;
 pub mod config;
