@@ -2653,6 +2653,17 @@ def a19_an_upload_to_an_upstream_that_never_reads_is_held_by_flow_control(t):
     attack("a19_an_upload_to_an_upstream_that_never_reads_is_held_by_flow_control", t, run)
 
 
+@case("attack")
+def a20_a_long_poll_longer_than_the_idle_timeout_is_not_cut(t):
+    def run():
+        # idle_timeout ("3s" in the test config) counts only while no stream is open: a
+        # /sync-like long-poll of 5 s on an otherwise quiet connection is answered.
+        c = Conn(t)
+        sid = c.get("/_matrix/test/slow?ms=5000")
+        expect_response(c, sid, timeout=12)
+    attack("a20_a_long_poll_longer_than_the_idle_timeout_is_not_cut", t, run)
+
+
 @case("drain")
 def d1_sigterm_drains_open_streams_with_goaway(t):
     import signal
