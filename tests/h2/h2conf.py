@@ -2149,6 +2149,26 @@ def p16_a_reset_upload_does_not_spill_into_the_next_request(t):
                  % (i, want, body))
 
 
+@case("proxy", "proxy_tls")
+def p17_a_large_download_does_not_starve_small_requests(t):
+    # While 48 MiB stream down on stream 1, small requests on the same connection are
+    # answered before it ends.
+    c = H2Client(t)
+    big = c.request("/_matrix/test/big?bytes=%d" % (48 << 20))
+    deadline = time.monotonic() + 30
+    while not c.streams[big]["body"]:
+        c.pump(deadline - time.monotonic())
+    small = [c.request(OK_PATH + "?small=%d" % i) for i in range(3)]
+    c.wait([big] + small, timeout=120)
+    if c.streams[big]["reset"] is not None or len(c.streams[big]["body"]) != 48 << 20:
+        fail("the large download did not complete: %d bytes, reset %s"
+             % (len(c.streams[big]["body"]), c.streams[big]["reset"]))
+    late = [s for s in small if c.order.index(s) > c.order.index(big)]
+    if late:
+        fail("small requests %s were answered only after the 48 MiB download ended (order %s)"
+             % (late, c.order))
+
+
 @case("deadup")
 def p13_an_unreachable_upstream_is_a_502_on_its_stream_only(t):
     c = H2Client(t)
