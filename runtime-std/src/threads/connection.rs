@@ -107,13 +107,15 @@ pub(crate) fn serve(
     // bytes (nothing is consumed).
     let http2 = match tls.as_ref() {
         Some(tls) => tls.alpn_protocol() == Some(b"h2"),
-        None if offers.http2 => match h2::preface_follows(&tcp, timeouts.client_header, &shared) {
-            Ok(http2) => http2,
-            Err(err) => {
-                tracing::debug!(%peer, error = %err, "no request came");
-                return;
+        None if offers.http2 => {
+            match h2::preface_follows(&tcp, timeouts.client_header, || shared.is_stopping()) {
+                Ok(http2) => http2,
+                Err(err) => {
+                    tracing::debug!(%peer, error = %err, "no request came");
+                    return;
+                }
             }
-        },
+        }
         None => false,
     };
     let (events_tx, events) = mpsc::channel();

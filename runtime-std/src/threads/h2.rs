@@ -33,17 +33,17 @@ const SPARE_READERS: usize = 8;
 /// Whether the client's first bytes are the HTTP/2 connection preface (prior knowledge),
 /// looked at without consuming anything: `true` once all 24 match, `false` as soon as one
 /// differs or the client ends its side (the HTTP/1.1 path then reads them). Fails when
-/// nothing decides it within `limit`, or at shutdown.
+/// nothing decides it within `limit`, or once `stopping` (shutdown began).
 pub(crate) fn preface_follows(
     tcp: &TcpStream,
     limit: Duration,
-    shared: &Shared,
+    stopping: impl Fn() -> bool,
 ) -> io::Result<bool> {
     let deadline = Instant::now() + limit;
     let mut buf = [0u8; PREFACE.len()];
     let mut seen = 0;
     let decided = loop {
-        if shared.is_stopping() {
+        if stopping() {
             break Err(io::Error::other("shutting down"));
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -52,6 +52,8 @@ pub(crate) fn preface_follows(
         }
         tcp.set_read_timeout(Some(left.min(PEEK_STEP)))?;
         match tcp.peek(&mut buf) {
+            // The end of the stream before any byte (after some, it is not seen: the
+            // limit ends the wait).
             Ok(0) => break Ok(false),
             Ok(n) if buf[..n] != PREFACE[..n] => break Ok(false),
             Ok(n) if n == PREFACE.len() => break Ok(true),
@@ -520,5 +522,69 @@ impl Driver {
         }
         // Ends a read under way; the reader threads exit as their job channels close.
         self.client.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// A connected pair: (what the client writes to, what the proxy peeks at).
+    fn pair() -> (TcpStream, TcpStream) {
+        let socket = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(socket.local_addr().unwrap()).unwrap();
+        (client, socket.accept().unwrap().0)
+    }
+
+    const LIMIT: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn preface_in_pieces_is_http2_and_nothing_is_consumed() {
+        let (mut client, server) = pair();
+        let writer = thread::spawn(move || {
+            for piece in PREFACE.chunks(5) {
+                client.write_all(piece).unwrap();
+                thread::sleep(Duration::from_millis(20));
+            }
+            client
+        });
+        assert!(preface_follows(&server, LIMIT, || false).unwrap());
+        let _client = writer.join().unwrap();
+        let mut first = [0u8; 24];
+        (&server).read_exact(&mut first).unwrap();
+        assert_eq!(
+            &first, PREFACE,
+            "the preface is left for the session to read"
+        );
+    }
+
+    #[test]
+    fn http1_is_told_at_the_first_differing_byte() {
+        for start in [&b"GET / HTTP/1.1\r\n"[..], b"PRI * HTTP/1.1\r\n", b"\r\n"] {
+            let (mut client, server) = pair();
+            client.write_all(start).unwrap();
+            let started = Instant::now();
+            assert!(
+                !preface_follows(&server, LIMIT, || false).unwrap(),
+                "{start:?}"
+            );
+            assert!(started.elapsed() < LIMIT);
+            let mut seen = vec![0u8; start.len()];
+            (&server).read_exact(&mut seen).unwrap();
+            assert_eq!(seen, start, "nothing consumed");
+        }
+    }
+
+    #[test]
+    fn silence_fails_within_the_limit_and_shutdown_ends_the_wait() {
+        let (_client, server) = pair();
+        let err = preface_follows(&server, Duration::from_millis(300), || false).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let started = Instant::now();
+        assert!(preface_follows(&server, LIMIT, || true).is_err());
+        assert!(started.elapsed() < LIMIT);
     }
 }

@@ -20,6 +20,13 @@
 //!   (backpressure), and nothing is allocated per read. The client reader reads raw TCP;
 //!   TLS is decrypted on the connection thread, so the rustls session is never shared.
 //!   Shutting a socket down ends a read under way on it.
+//! - **HTTP/2** (`h2.rs`): a TLS connection that negotiated `h2` by ALPN, or a plain one
+//!   on a listener with `http2 = true` whose first bytes are the connection preface (told
+//!   by `peek`, nothing consumed), runs `mxgate_core::Http2Session` instead. Each stream
+//!   that asks for an upstream gets its own connection, obtained on a short-lived helper
+//!   thread and read by its own reader thread (numbered, so a late read of a released one
+//!   is ignored): a long-poll on one stream never holds up another. Writes stay blocking
+//!   on the connection thread, each bounded by `timeouts.send`.
 //! - **Lingering close.** After `CloseClient`: close_notify, `shutdown(Write)`, then client
 //!   bytes are discarded for up to 2 s or until EOF, so that a client still sending a body
 //!   reads the error response instead of a reset.
