@@ -361,3 +361,34 @@ fn client_gone_mid_response_frees_the_upstream() {
         assert_eq!(transfers(&stdout(&out))[0].status, 200);
     });
 }
+
+/// SIGTERM while streams are in flight on an HTTP/2 connection: the session's GOAWAY lets
+/// them finish (both answers arrive whole), then the process exits 0.
+#[test]
+fn graceful_shutdown_finishes_the_streams_in_flight() {
+    each_runtime(|rt| {
+        let mut s = scene(rt);
+        let mut args = parallel_args(&s);
+        for i in 0..2 {
+            args.push(tls_url(&s, &format!("/_matrix/test/slow?ms=1500&n={i}")));
+            args.extend(["-o".into(), "/dev/null".into()]);
+        }
+        let child = start_curl(&args);
+        let seen = s.origin.wait_requests(2, Duration::from_secs(10));
+        assert_eq!(seen.len(), 2, "the slow requests did not reach the origin");
+        s.proxy.signal(libc::SIGTERM);
+        let text = stdout(&wait_curl(child, CURL_LIMIT));
+        let t = transfers(&text);
+        assert_eq!(t.len(), 2, "{text}");
+        assert!(
+            t.iter().all(|t| t.status == 200 && t.version == "2"),
+            "{text}"
+        );
+        let status = s.proxy.wait_exit(Duration::from_secs(10));
+        assert!(
+            status.is_some(),
+            "the proxy did not exit within 10 s of finishing its last stream"
+        );
+        assert_eq!(status.unwrap().code(), Some(0), "exit status {status:?}");
+    });
+}
