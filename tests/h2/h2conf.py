@@ -2722,6 +2722,39 @@ def d1_sigterm_drains_open_streams_with_goaway(t):
     info("d1_sigterm_drains_open_streams_with_goaway", "goaways", len(goaways))
 
 
+@case("reload")
+def d2_sighup_keeps_h2_connections_and_applies_to_their_next_streams(t):
+    # The test rewrote the config file (max_body "9M" -> "1M") before this runs; the
+    # proxy reads it at SIGHUP.
+    import signal
+    c = H2Client(t)
+    body = b"r" * (2 << 20)
+    hdrs = [("content-length", str(len(body)))]
+    st = c.response(c.request(ECHO_PATH, "POST", hdrs, body=body))
+    if st["status"] != 200:
+        fail("before the reload (max_body 9M): expected 200 for 2 MiB, got %s" % st["status"])
+    slow = c.request("/_matrix/test/slow?ms=2000")
+    time.sleep(0.3)  # the request reached the origin
+    os.kill(t.pid, signal.SIGHUP)
+    st = c.response(slow)
+    if st["status"] != 200:
+        fail("the stream in flight across the reload: expected 200, got %s" % st["status"])
+    time.sleep(0.5)
+    # The same connection, idle again, follows the new configuration.
+    st = c.response(c.request(ECHO_PATH, "POST", hdrs, body=body))
+    if st["status"] != 413:
+        fail("after the reload (max_body 1M), same connection: expected 413 for 2 MiB, got %s"
+             % st["status"])
+    st = c.response(c.request(OK_PATH))
+    if st["status"] != 200:
+        fail("after the reload, same connection: expected 200, got %s" % st["status"])
+    c2 = H2Client(t)
+    st = c2.response(c2.request(ECHO_PATH, "POST", hdrs, body=body))
+    if st["status"] != 413:
+        fail("after the reload (max_body 1M), new connection: expected 413, got %s"
+             % st["status"])
+
+
 # ---- main ---------------------------------------------------------------------------------
 
 

@@ -435,6 +435,28 @@ fn sigterm_drains_h2_streams_with_goaway() {
     });
 }
 
+/// SIGHUP (a reload) while an h2 stream is in flight: the stream is answered, and the
+/// connection's next streams, like new connections, follow the new configuration (here
+/// `max_body` from 9M to 1M).
+#[test]
+fn sighup_keeps_h2_connections_and_applies_to_their_next_streams() {
+    each_runtime(|rt| {
+        for tls in [false, true] {
+            let s = h2_scene(rt, "", |c| c.max_body("9M"));
+            let config = std::fs::read_to_string(&s.proxy.config_path).expect("config");
+            let changed = config.replace("max_body = \"9M\"", "max_body = \"1M\"");
+            assert_ne!(config, changed, "the test config has no max_body line");
+            std::fs::write(&s.proxy.config_path, changed).expect("rewrite config");
+            run_cases(&s, tls, &["--group", "reload"]).assert_passed(&format!("reload, tls={tls}"));
+            assert!(
+                s.proxy.log().contains("SIGHUP: configuration reloaded"),
+                "tls={tls}: the proxy did not log the reload:\n{}",
+                s.proxy.log_tail(20)
+            );
+        }
+    });
+}
+
 /// `Upgrade: h2c` over HTTP/1.1 on a listener that speaks HTTP/2 by prior knowledge is
 /// neither honoured (no 101) nor forwarded (the origin sees no `Upgrade`/`HTTP2-Settings`).
 #[test]
