@@ -99,8 +99,8 @@ fn h2_python() -> PathBuf {
         .clone()
         .unwrap_or_else(|e| {
             panic!(
-                "cannot provision python-hyper h2 into target/h2-venv (tests/tools/h2.txt): {e}\n\
-                 Fix: apt-get install -y python3-venv (and let the test reach PyPI)"
+                "cannot provision python-hyper h2 into target/h2-venv (tests/tools/h2.txt; \
+                 needs python3 with venv, and PyPI): {e}"
             )
         })
 }
