@@ -20,6 +20,7 @@ pub mod workers;
 pub use answer::overloaded as overloaded_response;
 pub use config::{Config, ListenerId, PoolId, UpstreamPool};
 pub use connection::{Connection, ExchangeBuffers};
+pub use http2::{Session as Http2Session, SessionOutput};
 pub use output::{AccessRecord, ExchangeStats, Output, TimerKind, UpstreamFault};
 
 #[cfg(test)]

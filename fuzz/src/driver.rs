@@ -58,6 +58,7 @@ pub fn config(limits: Limits) -> Config {
         bind: vec!["127.0.0.1:0".parse().unwrap()],
         routes: r,
         proxy_protocol: false,
+        http2: scheme == Scheme::Https,
     };
     Config {
         server_name: "example.org".into(),
@@ -117,6 +118,7 @@ pub fn config(limits: Limits) -> Config {
         runtime: RuntimeSettings::default(),
         workers: None,
         acme: None,
+        http2: Default::default(),
     }
 }
 

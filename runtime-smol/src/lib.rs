@@ -154,7 +154,8 @@ impl Server {
         };
         let tls = match &certs {
             Some(certs) => Some(TlsAcceptor::from(
-                certs.server_config().context("cannot set up TLS")?,
+                // h2 not yet driven: offer only http/1.1 (the lead flips this when wiring)
+                certs.server_config(false).context("cannot set up TLS")?,
             )),
             None => None,
         };

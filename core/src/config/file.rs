@@ -34,8 +34,11 @@ use std::time::Duration;
 
 use http::HeaderName;
 
-use self::values::{check_host_name, parse_authority, parse_duration, parse_size, parse_url};
+use self::values::{
+    check_host_name, parse_authority, parse_duration, parse_size, parse_url, render_size,
+};
 use self::walk::{Fields, Node, Scalar, Source};
+use crate::http2::Limits as Http2Limits;
 use crate::workers::health::HealthConfig;
 use crate::workers::router::Router;
 use crate::workers::table::{RoleSet, WorkerRole};
@@ -124,8 +127,17 @@ const TOP_KEYS: &[&str] = &[
     "admin",
     "runtime",
     "workers",
+    "http2",
 ];
-const LISTENER_KEYS: &[&str] = &["role", "bind", "tls", "name", "routes", "proxy_protocol"];
+const LISTENER_KEYS: &[&str] = &[
+    "role",
+    "bind",
+    "tls",
+    "http2",
+    "name",
+    "routes",
+    "proxy_protocol",
+];
 const WORKER_KEYS: &[&str] = &[
     "backends",
     "policy",
@@ -177,6 +189,17 @@ const TIMEOUT_KEYS: &[&str] = &[
 const FORWARDING_KEYS: &[&str] = &["trusted_proxies", "request_id_header"];
 const ADMIN_KEYS: &[&str] = &["allow", "pool"];
 const RUNTIME_KEYS: &[&str] = &["threads", "max_connections", "metrics", "access_log"];
+const HTTP2_KEYS: &[&str] = &[
+    "max_concurrent_streams",
+    "max_header_list_size",
+    "max_frame_size",
+    "initial_stream_window",
+    "connection_window",
+    "idle_timeout",
+    "settings_timeout",
+    "send_stall_timeout",
+    "max_resets",
+];
 
 /// The name of the pool the short form's `homeserver` defines, and default routes use.
 pub const HOMESERVER_POOL: &str = "homeserver";
@@ -239,6 +262,7 @@ struct ListenerDraft<'a> {
     routes: Vec<Route>,
     /// Where `tls = true` is written (for "no certificate" errors), if explicit.
     tls_node: Option<Node<'a>>,
+    http2: bool,
     proxy_protocol: bool,
 }
 
@@ -279,6 +303,7 @@ impl<'a> Parser<'_, 'a> {
         let forwarding = self.forwarding()?;
         let admin = self.admin(&pools, homeserver)?;
         let runtime = self.runtime(&listeners)?;
+        let http2 = self.http2()?;
         Ok(Config {
             server_name,
             listeners,
@@ -293,6 +318,7 @@ impl<'a> Parser<'_, 'a> {
             acme,
             runtime,
             workers,
+            http2,
         })
     }
 
@@ -600,6 +626,7 @@ impl<'a> Parser<'_, 'a> {
                     bind: on(443),
                     routes: default_routes(Role::Client, homeserver),
                     tls_node: None,
+                    http2: true,
                     proxy_protocol: false,
                 },
                 ListenerDraft {
@@ -609,6 +636,7 @@ impl<'a> Parser<'_, 'a> {
                     bind: on(8448),
                     routes: default_routes(Role::Federation, homeserver),
                     tls_node: None,
+                    http2: true,
                     proxy_protocol: false,
                 },
             ]);
@@ -665,6 +693,12 @@ impl<'a> Parser<'_, 'a> {
                 Some(n) if n.boolean(src)? => (Scheme::Https, Some(n.clone())),
                 _ => (Scheme::Http, None),
             };
+            // TLS listeners offer h2 by ALPN unless told not to; a plain one accepts
+            // HTTP/2 with prior knowledge only when asked (behind a TLS-terminating balancer).
+            let http2 = match fields.get("http2") {
+                Some(n) => n.boolean(src)?,
+                None => scheme == Scheme::Https,
+            };
             let routes = match fields.get("routes") {
                 Some(n) => routes(src, n, pools)?,
                 None => default_routes(role, homeserver),
@@ -680,6 +714,7 @@ impl<'a> Parser<'_, 'a> {
                 bind,
                 routes,
                 tls_node,
+                http2,
                 proxy_protocol,
             });
         }
@@ -898,7 +933,60 @@ impl<'a> Parser<'_, 'a> {
         }
         Ok(rt)
     }
+
+    /// `[http2]`: the HTTP/2 engine's bounds. Each key is range-checked here, so the engine
+    /// gets values it uses as written.
+    fn http2(&self) -> Result<Http2Limits, ConfigError> {
+        let src = self.src;
+        let mut l = Http2Limits::default();
+        let Some(node) = self.top.get("http2") else {
+            return Ok(l);
+        };
+        let f = node.table(src, HTTP2_KEYS)?;
+        // RFC 9113 §6.5.2 / §6.9.1: frame sizes and windows are 24- and 31-bit.
+        const MAX_WINDOW: u32 = (1 << 31) - 1;
+        if let Some(n) = f.get("max_concurrent_streams") {
+            l.max_concurrent_streams = whole(src, n, 1, 1000)?;
+        }
+        if let Some(n) = f.get("max_header_list_size") {
+            l.max_header_list_size = size_in(src, n, 1 << 10, 1 << 20)?;
+            // The encoded block may be a little longer than the list (Huffman); see Limits.
+            l.max_header_block = 2 * l.max_header_list_size;
+            // A client splits the block into frames of at least 16 KiB; keep the default's
+            // slack of four times the frames the largest block needs.
+            let frames = l.max_header_block.div_ceil(MIN_FRAME_SIZE);
+            l.max_continuations = l.max_continuations.max(4 * frames);
+        }
+        if let Some(n) = f.get("max_frame_size") {
+            l.max_frame_size = whole(src, n, MIN_FRAME_SIZE, (1 << 24) - 1)?;
+        }
+        // The engine never shrinks a window below the protocol's 65535: a client may fill
+        // that much before it has our SETTINGS (RFC 9113 §6.9.2), so less is refused here.
+        if let Some(n) = f.get("initial_stream_window") {
+            l.initial_stream_window = size_in(src, n, 65_535, MAX_WINDOW)?;
+        }
+        if let Some(n) = f.get("connection_window") {
+            l.connection_window = size_in(src, n, 65_535, MAX_WINDOW)?;
+        }
+        let durations = [
+            ("idle_timeout", &mut l.idle_timeout),
+            ("settings_timeout", &mut l.settings_timeout),
+            ("send_stall_timeout", &mut l.send_stall_timeout),
+        ];
+        for (key, slot) in durations {
+            if let Some(n) = f.get(key) {
+                *slot = duration(src, n, true)?;
+            }
+        }
+        if let Some(n) = f.get("max_resets") {
+            l.max_resets = whole(src, n, 1, u32::MAX)?;
+        }
+        Ok(l)
+    }
 }
+
+/// HTTP/2's smallest SETTINGS_MAX_FRAME_SIZE (RFC 9113 §6.5.2), which every peer may use.
+const MIN_FRAME_SIZE: u32 = 16_384;
 
 /// The routes a listener of `role` gets when none are written.
 fn default_routes(role: Role, homeserver: PoolId) -> Vec<Route> {
@@ -958,6 +1046,7 @@ fn name_listeners(drafts: Vec<ListenerDraft<'_>>) -> Vec<Listener> {
                 scheme: d.scheme,
                 bind: d.bind,
                 routes: d.routes,
+                http2: d.http2,
                 proxy_protocol: d.proxy_protocol,
             }
         })
@@ -1210,6 +1299,49 @@ fn count(src: &Source<'_>, node: &Node<'_>, min: usize) -> Result<usize, ConfigE
         .ok()
         .filter(|n| *n >= min)
         .ok_or_else(|| node.error(src, format!("expected {what}, found {i}")))
+}
+
+/// A whole number in `min..=max` (the upper bound is not mentioned when it is `u32::MAX`).
+fn whole(src: &Source<'_>, node: &Node<'_>, min: u32, max: u32) -> Result<u32, ConfigError> {
+    let what = if max == u32::MAX {
+        format!("a whole number of at least {min}")
+    } else {
+        format!("a whole number from {min} to {max}")
+    };
+    let i = node.as_int().ok_or_else(|| node.expected(src, &what))?;
+    u32::try_from(i)
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| node.error(src, format!("expected {what}, found {i}")))
+}
+
+/// A size (see [`size`]) in `min..=max` bytes.
+fn size_in(src: &Source<'_>, node: &Node<'_>, min: u32, max: u32) -> Result<u32, ConfigError> {
+    let bytes = size(src, node)?;
+    u32::try_from(bytes)
+        .ok()
+        .filter(|b| (min..=max).contains(b))
+        .ok_or_else(|| {
+            node.error(
+                src,
+                format!(
+                    "must be from {} to {}, found {}",
+                    show_size(min),
+                    show_size(max),
+                    show(node)
+                ),
+            )
+        })
+}
+
+/// A byte count as a reader would write it: `64KiB`, or `65535 bytes`.
+fn show_size(bytes: u32) -> String {
+    let rendered = render_size(u64::from(bytes));
+    if rendered.starts_with('"') {
+        rendered.trim_matches('"').to_string()
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 /// A scalar as it was written, for "found …".

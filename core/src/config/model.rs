@@ -67,6 +67,10 @@ pub struct Listener {
     /// Connections start with a PROXY protocol header (v1 or v2), accepted only from
     /// `forwarding.trusted_proxies`; the runtime reads it before TLS.
     pub proxy_protocol: bool,
+    /// HTTP/2 is served here. On a TLS listener (default `true`) ALPN offers `h2` before
+    /// `http/1.1`; on a plain one (default `false`) HTTP/2 with prior knowledge is accepted
+    /// besides HTTP/1.1, told apart by the client connection preface.
+    pub http2: bool,
 }
 
 /// What a matched route does.
@@ -451,6 +455,8 @@ pub struct Config {
     pub runtime: RuntimeSettings,
     /// Routing to Synapse workers; `None` sends everything to the routes' pools.
     pub workers: Option<WorkerRouting>,
+    /// The HTTP/2 engine's bounds (`[http2]`), for every listener that serves HTTP/2.
+    pub http2: crate::http2::Limits,
 }
 
 impl Config {

@@ -529,6 +529,7 @@ impl Connection {
         }
         if ex.response_started() {
             ex.close_after = true;
+            self.cut = true;
             let status = ex.status;
             self.end_exchange(now, status);
             return;

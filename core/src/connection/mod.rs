@@ -75,6 +75,14 @@ pub struct Connection {
     scratch: Option<Box<Scratch>>,
     client_eof: bool,
     shutting_down: bool,
+    /// This engine runs one HTTP/2 stream's exchange (see [`crate::Http2Session`]): the
+    /// response's body is passed on unframed (no chunked re-framing, no `Connection:
+    /// close` for a length-less body: the stream's END_STREAM ends it), and the access log
+    /// says `HTTP/2.0`.
+    h2_stream: bool,
+    /// A response was cut after it had begun (its upstream broke): over HTTP/2 the stream
+    /// is reset rather than ended.
+    cut: bool,
     /// Exchanges started so far: tells a handler whether the exchange it began with is
     /// still the one in flight.
     exchanges: u32,
@@ -182,9 +190,36 @@ impl Connection {
             exchanges: 0,
             client_eof: false,
             shutting_down: false,
+            h2_stream: false,
+            cut: false,
         };
         conn.arm_head_timer();
         conn
+    }
+
+    /// The engine for one HTTP/2 stream's exchange: fed the stream's request as the HTTP/1.1
+    /// head and body [`crate::Http2Session`] writes for it, it applies every rule of an
+    /// HTTP/1.1 exchange unchanged, and hands the response back unframed.
+    pub(crate) fn for_http2_stream(
+        config: Arc<Config>,
+        listener: ListenerId,
+        peer: IpAddr,
+        seed: u64,
+        now: Instant,
+    ) -> Self {
+        let mut conn = Connection::new(config, listener, peer, seed, now);
+        conn.h2_stream = true;
+        conn
+    }
+
+    /// An exchange (with an upstream) is in flight.
+    pub(crate) fn in_exchange(&self) -> bool {
+        matches!(self.state, State::Exchange(_))
+    }
+
+    /// The last response was cut after it had begun.
+    pub(crate) fn response_cut(&self) -> bool {
+        self.cut
     }
 
     // ----------------------------------------------------------------------------- inputs
@@ -594,7 +629,11 @@ impl Connection {
             client: identity.client,
             method: head.method_bytes(),
             target: head.target_bytes(),
-            version: head.version.as_str(),
+            version: if self.h2_stream {
+                "HTTP/2.0"
+            } else {
+                head.version.as_str()
+            },
             status,
             body_bytes_in,
             bytes_out,

@@ -229,13 +229,14 @@ impl Connection {
             };
             return true;
         }
+        let h2 = self.h2_stream;
         let (framing, body) = match resp.body {
             ResponseBody::None => (ClientFraming::AsIs, None),
             ResponseBody::Length(n) => (
                 ClientFraming::AsIs,
                 Some(ResponseBodyState::Length { remaining: n }),
             ),
-            ResponseBody::Chunked if client_version == Version::Http11 => (
+            ResponseBody::Chunked if client_version == Version::Http11 && !h2 => (
                 ClientFraming::Chunked,
                 Some(ResponseBodyState::Chunked {
                     decoder: ChunkedDecoder::new(),
@@ -254,7 +255,8 @@ impl Connection {
         if resp.close {
             ex.upstream_spoiled = true;
         }
-        if framing == ClientFraming::Close || !ex.request_done() || shutting_down {
+        // Over HTTP/2 a length-less body ends with the stream, not the connection.
+        if (framing == ClientFraming::Close && !h2) || !ex.request_done() || shutting_down {
             // A response before the whole request body: the rest of the body would have
             // to be read and thrown away to find the next request; closing is simpler.
             ex.close_after = true;

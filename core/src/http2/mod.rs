@@ -50,6 +50,7 @@ pub mod hpack;
 mod huffman;
 mod limits;
 mod request;
+mod session;
 mod stream;
 
 pub use abuse::Abuse;
@@ -57,6 +58,7 @@ pub use connection::{Connection, ConnectionError, Event, SendError, Timer, PREFA
 pub use frame::ErrorCode;
 pub use limits::Limits;
 pub use request::{Malformed, Request};
+pub use session::{Session, SessionOutput};
 
 #[cfg(test)]
 mod tests;

@@ -33,6 +33,7 @@ pub fn config() -> Config {
         bind: vec!["127.0.0.1:0".parse().unwrap()],
         routes: r,
         proxy_protocol: false,
+        http2: scheme == Scheme::Https,
     };
     Config {
         server_name: "example.org".into(),
@@ -92,6 +93,7 @@ pub fn config() -> Config {
         runtime: RuntimeSettings::default(),
         workers: None,
         acme: None,
+        http2: Default::default(),
     }
 }
 

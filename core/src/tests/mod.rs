@@ -2,6 +2,7 @@
 
 mod connection;
 mod harness;
+mod http2_session;
 mod linger;
 mod properties;
 mod reconfigure;

@@ -21,6 +21,7 @@ pub fn config() -> Config {
                     action: RouteAction::Upstream(0),
                 }],
                 proxy_protocol: false,
+                http2: true,
             },
             Listener {
                 name: "federation".into(),
@@ -29,6 +30,7 @@ pub fn config() -> Config {
                 bind: vec!["127.0.0.1:0".parse().unwrap()],
                 routes: vec![],
                 proxy_protocol: false,
+                http2: false,
             },
         ],
         pools: vec![{
@@ -53,5 +55,6 @@ pub fn config() -> Config {
         runtime: RuntimeSettings::default(),
         workers: None,
         acme: None,
+        http2: Default::default(),
     }
 }

@@ -187,14 +187,16 @@ impl Certificates {
             .clone()
     }
 
-    /// A rustls server configuration using these certificates: TLS 1.2 and 1.3, ALPN
-    /// `http/1.1`, no client certificates.
-    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
+    /// A rustls server configuration using these certificates: TLS 1.2 and 1.3, no client
+    /// certificates, ALPN `h2` then `http/1.1` when `offer_h2` (a listener with `http2`),
+    /// else `http/1.1` alone; plus `acme-tls/1` under ACME TLS-ALPN-01. Every configuration
+    /// made here resolves certificates through `self`, so reloads and installs reach all.
+    pub fn server_config(self: &Arc<Self>, offer_h2: bool) -> Result<Arc<ServerConfig>, TlsError> {
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn_protocols(offer_h2);
         if self.acme.as_ref().is_some_and(|a| a.tls_alpn) {
             // Negotiated only by the ACME server's validation handshakes.
             config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
@@ -249,6 +251,22 @@ impl ResolvesServerCert for Certificates {
         }
         key
     }
+}
+
+/// ALPN `h2` (RFC 9113 §3.2), in the server's order of preference.
+pub const H2_ALPN: &[u8] = b"h2";
+/// ALPN `http/1.1`.
+pub const HTTP11_ALPN: &[u8] = b"http/1.1";
+
+/// The HTTP protocols a TLS listener offers, preferred first (rustls picks the first of
+/// ours the client also offers).
+fn alpn_protocols(offer_h2: bool) -> Vec<Vec<u8>> {
+    let mut protocols = Vec::with_capacity(3);
+    if offer_h2 {
+        protocols.push(H2_ALPN.to_vec());
+    }
+    protocols.push(HTTP11_ALPN.to_vec());
+    protocols
 }
 
 /// Loads the configured files; `fallback` is the default when none is configured (the
@@ -499,8 +517,13 @@ mod tests {
         ));
         std::fs::remove_dir_all(dir).unwrap();
         // The challenge protocol is offered only with TLS-ALPN-01.
-        let alpn = certs.server_config().unwrap().alpn_protocols.clone();
+        let alpn = certs.server_config(false).unwrap().alpn_protocols.clone();
         assert_eq!(alpn, [b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()]);
+        let alpn = certs.server_config(true).unwrap().alpn_protocols.clone();
+        assert_eq!(
+            alpn,
+            [b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()]
+        );
     }
 
     #[test]
@@ -511,16 +534,18 @@ mod tests {
         assert_eq!(key.cert.len(), 1);
     }
 
-    #[test]
-    fn handshake_negotiates_http11_over_tls13_and_tls12() {
+    /// A client that accepts any certificate.
+    mod any_cert {
         use rustls::client::danger::{
             HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
         };
+        use rustls::crypto::CryptoProvider;
         use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-        use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, ServerConnection};
+        use rustls::DigitallySignedStruct;
+        use std::sync::Arc;
 
         #[derive(Debug)]
-        struct AcceptAny(Arc<CryptoProvider>);
+        pub struct AcceptAny(pub Arc<CryptoProvider>);
         impl ServerCertVerifier for AcceptAny {
             fn verify_server_cert(
                 &self,
@@ -562,44 +587,159 @@ mod tests {
                 self.0.signature_verification_algorithms.supported_schemes()
             }
         }
+    }
 
+    /// Runs a handshake in memory: the server side, and the certificate the client got.
+    fn handshake_with_cert(
+        server_config: &Arc<ServerConfig>,
+        version: &'static rustls::SupportedProtocolVersion,
+        client_alpn: &[&[u8]],
+    ) -> (rustls::ServerConnection, Vec<u8>) {
+        use rustls::{ClientConfig, ClientConnection, ServerConnection};
+        let provider = provider();
+        let mut client_config = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(any_cert::AcceptAny(provider)))
+            .with_no_client_auth();
+        client_config.alpn_protocols = client_alpn.iter().map(|p| p.to_vec()).collect();
+        let mut client =
+            ClientConnection::new(Arc::new(client_config), "localhost".try_into().unwrap())
+                .unwrap();
+        let mut server = ServerConnection::new(server_config.clone()).unwrap();
+        for _ in 0..10 {
+            let mut wire = Vec::new();
+            client.write_tls(&mut wire).unwrap();
+            server.read_tls(&mut wire.as_slice()).unwrap();
+            server.process_new_packets().unwrap();
+            let mut wire = Vec::new();
+            server.write_tls(&mut wire).unwrap();
+            client.read_tls(&mut wire.as_slice()).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        assert!(!client.is_handshaking() && !server.is_handshaking());
+        assert_eq!(server.protocol_version(), Some(version.version));
+        let cert = client.peer_certificates().expect("a certificate")[0].to_vec();
+        (server, cert)
+    }
+
+    /// Runs a handshake in memory; the server side, handshake done.
+    fn handshake(
+        server_config: &Arc<ServerConfig>,
+        version: &'static rustls::SupportedProtocolVersion,
+        client_alpn: &[&[u8]],
+    ) -> rustls::ServerConnection {
+        handshake_with_cert(server_config, version, client_alpn).0
+    }
+
+    fn dev_certs() -> Arc<Certificates> {
         let provider = provider();
         let dev = Arc::new(dev_certificate(&dev_cert_names("localhost"), &provider).unwrap());
         let settings = TlsSettings::default();
         let set = load_set(&settings, Some(dev.clone()), false, &provider).unwrap();
-        let certs = Arc::new(Certificates {
+        Arc::new(Certificates {
             settings: RwLock::new(settings),
-            provider: provider.clone(),
+            provider,
             dev: Some(dev),
             acme: None,
             current: RwLock::new(Arc::new(set)),
-        });
-        let server_config = certs.server_config().unwrap();
+        })
+    }
+
+    #[test]
+    fn handshake_negotiates_http11_over_tls13_and_tls12() {
+        let server_config = dev_certs().server_config(false).unwrap();
         for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
-            let mut client_config = ClientConfig::builder_with_provider(provider.clone())
-                .with_protocol_versions(&[version])
-                .unwrap()
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAny(provider.clone())))
-                .with_no_client_auth();
-            client_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-            let mut client =
-                ClientConnection::new(Arc::new(client_config), "localhost".try_into().unwrap())
-                    .unwrap();
-            let mut server = ServerConnection::new(server_config.clone()).unwrap();
-            for _ in 0..10 {
-                let mut wire = Vec::new();
-                client.write_tls(&mut wire).unwrap();
-                server.read_tls(&mut wire.as_slice()).unwrap();
-                server.process_new_packets().unwrap();
-                let mut wire = Vec::new();
-                server.write_tls(&mut wire).unwrap();
-                client.read_tls(&mut wire.as_slice()).unwrap();
-                client.process_new_packets().unwrap();
-            }
-            assert!(!client.is_handshaking() && !server.is_handshaking());
+            // A browser offers h2 first: a listener without http2 still answers http/1.1.
+            let server = handshake(&server_config, version, &[b"h2", b"http/1.1"]);
             assert_eq!(server.alpn_protocol(), Some(&b"http/1.1"[..]));
-            assert_eq!(server.protocol_version(), Some(version.version));
         }
+    }
+
+    #[test]
+    fn h2_listeners_offer_h2_first_and_http11_to_clients_without_it() {
+        let certs = dev_certs();
+        let h2 = certs.server_config(true).unwrap();
+        assert_eq!(h2.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+        let h1 = certs.server_config(false).unwrap();
+        assert_eq!(h1.alpn_protocols, [b"http/1.1".to_vec()]);
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            // Our preference decides, whatever order the client lists them in.
+            let server = handshake(&h2, version, &[b"http/1.1", b"h2"]);
+            assert_eq!(server.alpn_protocol(), Some(&b"h2"[..]));
+            let server = handshake(&h2, version, &[b"http/1.1"]);
+            assert_eq!(server.alpn_protocol(), Some(&b"http/1.1"[..]));
+            // A client without ALPN gets no protocol (HTTP/1.1 by default).
+            let server = handshake(&h2, version, &[]);
+            assert_eq!(server.alpn_protocol(), None);
+        }
+    }
+
+    #[test]
+    fn both_configurations_serve_reloaded_certificates() {
+        let dir = temp_dir("alpn-reload");
+        let first = write_pair(&dir, "first", &["localhost"]);
+        let certs = certs(TlsSettings {
+            default: Some(first),
+            sni: vec![],
+        });
+        let (h2, h1) = (
+            certs.server_config(true).unwrap(),
+            certs.server_config(false).unwrap(),
+        );
+        let served = |config: &Arc<ServerConfig>| {
+            handshake_with_cert(config, &rustls::version::TLS13, &[b"h2", b"http/1.1"])
+        };
+        let before = certs.select(None).unwrap().cert[0].to_vec();
+        for config in [&h2, &h1] {
+            assert_eq!(served(config).1, before);
+        }
+        let second = write_pair(&dir, "second", &["localhost"]);
+        certs
+            .reload_with(&TlsSettings {
+                default: Some(second),
+                sni: vec![],
+            })
+            .unwrap();
+        let after = certs.select(None).unwrap().cert[0].to_vec();
+        assert_ne!(before, after);
+        // Configurations made before the reload serve the new certificate, each with its ALPN.
+        let (server, cert) = served(&h2);
+        assert_eq!(
+            (server.alpn_protocol(), cert),
+            (Some(&b"h2"[..]), after.clone())
+        );
+        let (server, cert) = served(&h1);
+        assert_eq!(
+            (server.alpn_protocol(), cert),
+            (Some(&b"http/1.1"[..]), after)
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn acme_tls_alpn_is_offered_by_both_only_with_that_challenge() {
+        let config = |challenges: &str| {
+            mxgate_core::config::parse_config(
+                &format!("server_name = \"example.test\"\npublic_url = \"https://matrix.example.test\"\nhomeserver = \"http://127.0.0.1:8008\"\n[[listeners]]\nrole = \"client\"\nbind = \"127.0.0.1:443\"\ntls = true\n[[listeners]]\nrole = \"client\"\nbind = \"127.0.0.1:80\"\n[acme]\nchallenges = {challenges}\n"),
+                Path::new("t.toml"),
+            )
+            .unwrap()
+        };
+        let certs = Certificates::load(&config("[\"tls-alpn-01\", \"http-01\"]")).unwrap();
+        let alpn =
+            |certs: &Arc<Certificates>, h2| certs.server_config(h2).unwrap().alpn_protocols.clone();
+        assert_eq!(
+            alpn(&certs, true),
+            [b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()]
+        );
+        assert_eq!(
+            alpn(&certs, false),
+            [b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()]
+        );
+        let certs = Certificates::load(&config("[\"http-01\"]")).unwrap();
+        assert_eq!(alpn(&certs, true), [b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert_eq!(alpn(&certs, false), [b"http/1.1".to_vec()]);
     }
 }

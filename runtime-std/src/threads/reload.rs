@@ -166,7 +166,10 @@ impl Listeners {
         }
         let tls = match (&certs, &current.tls) {
             (Some(_), Some(tls)) => Some(tls.clone()),
-            (Some(certs), None) => Some(certs.server_config().context("cannot set up TLS")?),
+            (Some(certs), None) => {
+                // h2 not yet driven: offer only http/1.1 (the lead flips this when wiring)
+                Some(certs.server_config(false).context("cannot set up TLS")?)
+            }
             (None, _) => None,
         };
 

@@ -36,6 +36,7 @@ fn write_config(out: &mut String, c: &Config) -> fmt::Result {
         let bind: Vec<String> = l.bind.iter().map(|a| quote(&a.to_string())).collect();
         writeln!(out, "bind = [{}]", bind.join(", "))?;
         writeln!(out, "tls = {}", l.scheme == Scheme::Https)?;
+        writeln!(out, "http2 = {}", l.http2)?;
         if l.proxy_protocol {
             writeln!(out, "proxy_protocol = true")?;
         }
@@ -166,6 +167,28 @@ fn write_config(out: &mut String, c: &Config) -> fmt::Result {
     for (key, d) in durations {
         writeln!(out, "{key} = {}", render_duration(d))?;
     }
+
+    let h = &c.http2;
+    writeln!(out, "\n[http2]")?;
+    writeln!(out, "max_concurrent_streams = {}", h.max_concurrent_streams)?;
+    let sizes = [
+        ("max_header_list_size", h.max_header_list_size),
+        ("initial_stream_window", h.initial_stream_window),
+        ("connection_window", h.connection_window),
+    ];
+    for (key, bytes) in sizes {
+        writeln!(out, "{key} = {}", render_size(u64::from(bytes)))?;
+    }
+    writeln!(out, "max_frame_size = {}", h.max_frame_size)?;
+    let durations = [
+        ("idle_timeout", h.idle_timeout),
+        ("settings_timeout", h.settings_timeout),
+        ("send_stall_timeout", h.send_stall_timeout),
+    ];
+    for (key, d) in durations {
+        writeln!(out, "{key} = {}", render_duration(d))?;
+    }
+    writeln!(out, "max_resets = {}", h.max_resets)?;
 
     writeln!(out, "\n[forwarding]")?;
     let trusted: Vec<String> = c

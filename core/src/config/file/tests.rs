@@ -29,11 +29,13 @@ routes = [ { prefix = "/_matrix", pool = "homeserver" }, { prefix = "/_synapse/m
 role = "federation"
 bind = "0.0.0.0:8448"
 tls = true
+http2 = false
 
 [[listeners]]
 role = "client"
 bind = ["127.0.0.1:8080"]
 routes = []
+http2 = true
 
 [[upstreams]]
 name = "homeserver"
@@ -105,6 +107,17 @@ threads = 2
 max_connections = 500
 metrics = "127.0.0.1:9100"
 access_log = "json"
+
+[http2]
+max_concurrent_streams = 250
+max_header_list_size = "256KiB"
+max_frame_size = 32768
+initial_stream_window = "1MiB"
+connection_window = "8MiB"
+idle_timeout = "5m"
+settings_timeout = "3s"
+send_stall_timeout = "90s"
+max_resets = 50
 "#;
 
 fn parse(text: &str) -> Config {
@@ -394,6 +407,24 @@ fn every_documented_key_overrides_the_defaults() {
     assert_eq!(c.runtime.max_connections, 500);
     assert_eq!(c.runtime.metrics_bind, Some(addr("127.0.0.1:9100")));
     assert_eq!(c.runtime.access_log, AccessLogFormat::Json);
+
+    let http2: Vec<bool> = c.listeners.iter().map(|l| l.http2).collect();
+    assert_eq!(http2, [true, false, true]);
+    let h = &c.http2;
+    assert_eq!(h.max_concurrent_streams, 250);
+    assert_eq!(h.max_header_list_size, 256 * 1024);
+    assert_eq!(h.max_header_block, 512 * 1024);
+    assert_eq!(h.max_frame_size, 32768);
+    assert_eq!(h.initial_stream_window, 1024 * 1024);
+    assert_eq!(h.connection_window, 8 * 1024 * 1024);
+    assert_eq!(h.idle_timeout, Duration::from_secs(300));
+    assert_eq!(h.settings_timeout, Duration::from_secs(3));
+    assert_eq!(h.send_stall_timeout, Duration::from_secs(90));
+    assert_eq!(h.max_resets, 50);
+    // Keys not in [http2] keep the engine's defaults.
+    let d = crate::http2::Limits::default();
+    assert_eq!(h.max_pings, d.max_pings);
+    assert_eq!(h.header_table_size, d.header_table_size);
 }
 
 #[test]
@@ -416,7 +447,7 @@ role = "federation"
     assert_eq!(e.key, "listeners[1].bnd");
     assert_eq!(
         e.message,
-        "unknown key `bnd`, expected one of role, bind, tls, name, routes, proxy_protocol (did you mean `bind`?)"
+        "unknown key `bnd`, expected one of role, bind, tls, http2, name, routes, proxy_protocol (did you mean `bind`?)"
     );
     assert_eq!(
         e.to_string(),
@@ -1120,4 +1151,205 @@ fn truncated_files_give_errors_inside_the_text_and_never_panic() {
             assert!(!e.key.is_empty() && !e.message.is_empty(), "{e}");
         }
     }
+}
+
+#[test]
+fn http2_is_on_for_tls_listeners_and_off_for_plain_ones_by_default() {
+    // Derived from public_url: both TLS, both offer h2.
+    let c = parse(SHORT);
+    assert!(c
+        .listeners
+        .iter()
+        .all(|l| l.scheme == Scheme::Https && l.http2));
+    // The embedded default: one TLS listener (h2) and one plain one (HTTP/1.1 only).
+    let c = parse(EMBEDDED_DEFAULT);
+    let got: Vec<(Scheme, bool)> = c.listeners.iter().map(|l| (l.scheme, l.http2)).collect();
+    assert_eq!(got, [(Scheme::Https, true), (Scheme::Http, false)]);
+    // Explicit both ways: h2 off on TLS, prior knowledge on plain.
+    let text = r#"server_name = "example.com"
+homeserver = "http://127.0.0.1:8008"
+dev_self_signed = true
+[[listeners]]
+role = "client"
+bind = "127.0.0.1:8443"
+tls = true
+http2 = false
+[[listeners]]
+role = "client"
+bind = "127.0.0.1:8080"
+http2 = true
+[[listeners]]
+role = "client"
+bind = "127.0.0.1:8081"
+tls = false
+http2 = false
+[[listeners]]
+role = "client"
+bind = "127.0.0.1:8444"
+tls = true
+http2 = true
+"#;
+    let c = parse(text);
+    let got: Vec<bool> = c.listeners.iter().map(|l| l.http2).collect();
+    assert_eq!(got, [false, true, false, true]);
+    assert_round_trip(text);
+    let rendered = render_effective(&c);
+    let lines: Vec<&str> = rendered
+        .lines()
+        .filter(|l| l.starts_with("http2 = "))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "http2 = false",
+            "http2 = true",
+            "http2 = false",
+            "http2 = true"
+        ]
+    );
+
+    let e = fail(&text.replace(
+        "http2 = true\n[[listeners]]\nrole = \"client\"\nbind = \"127.0.0.1:8081\"",
+        "http2 = \"yes\"\n[[listeners]]\nrole = \"client\"\nbind = \"127.0.0.1:8081\"",
+    ));
+    assert_eq!((e.line, e.key.as_str()), (12, "listeners[1].http2"));
+    assert_eq!(e.message, "expected `true` or `false`, found a string");
+    let e = fail(&text.replace(
+        "http2 = false\n[[listeners]]\nrole = \"client\"\nbind = \"127.0.0.1:8080\"",
+        "htp2 = false\n[[listeners]]\nrole = \"client\"\nbind = \"127.0.0.1:8080\"",
+    ));
+    assert_eq!((e.line, e.key.as_str()), (8, "listeners[0].htp2"));
+    assert!(
+        e.message.ends_with("(did you mean `http2`?)"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn http2_table_defaults_to_the_engine_limits() {
+    assert_eq!(parse(SHORT).http2, crate::http2::Limits::default());
+    assert_eq!(
+        parse(&short_with("[http2]\n")).http2,
+        crate::http2::Limits::default()
+    );
+    let rendered = render_effective(&parse(SHORT));
+    let section: Vec<&str> = rendered
+        .split("\n[http2]\n")
+        .nth(1)
+        .expect("an [http2] table")
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert_eq!(
+        section,
+        [
+            "max_concurrent_streams = 100",
+            "max_header_list_size = \"64KiB\"",
+            "initial_stream_window = \"256KiB\"",
+            "connection_window = \"1MiB\"",
+            "max_frame_size = 16384",
+            "idle_timeout = \"60s\"",
+            "settings_timeout = \"10s\"",
+            "send_stall_timeout = \"60s\"",
+            "max_resets = 200",
+        ]
+    );
+}
+
+#[test]
+fn http2_keys_accept_their_whole_range() {
+    let h = |body: &str| parse(&short_with(&format!("[http2]\n{body}\n"))).http2;
+    assert_eq!(h("max_concurrent_streams = 1").max_concurrent_streams, 1);
+    assert_eq!(
+        h("max_concurrent_streams = 1000").max_concurrent_streams,
+        1000
+    );
+    let l = h("max_header_list_size = \"1KiB\"");
+    assert_eq!((l.max_header_list_size, l.max_header_block), (1024, 2048));
+    assert_eq!(l.max_continuations, 32);
+    let l = h("max_header_list_size = \"1MiB\"");
+    assert_eq!(
+        (l.max_header_list_size, l.max_header_block),
+        (1 << 20, 2 << 20)
+    );
+    // A 2 MiB block in 16 KiB frames is 128 frames: the CONTINUATION bound keeps up.
+    assert_eq!(l.max_continuations, 512);
+    assert_eq!(h("max_frame_size = 16384").max_frame_size, 16384);
+    assert_eq!(h("max_frame_size = 16777215").max_frame_size, 16_777_215);
+    assert_eq!(
+        h("initial_stream_window = 65535").initial_stream_window,
+        65535
+    );
+    assert_eq!(
+        h("initial_stream_window = 2147483647").initial_stream_window,
+        (1 << 31) - 1
+    );
+    assert_eq!(h("connection_window = \"64KiB\"").connection_window, 65536);
+    assert_eq!(
+        h("connection_window = 2147483647").connection_window,
+        (1 << 31) - 1
+    );
+    assert_eq!(h("idle_timeout = 1").idle_timeout, Duration::from_secs(1));
+    assert_eq!(
+        h("settings_timeout = \"500ms\"").settings_timeout,
+        Duration::from_millis(500)
+    );
+    assert_eq!(
+        h("send_stall_timeout = \"2m\"").send_stall_timeout,
+        Duration::from_secs(120)
+    );
+    assert_eq!(h("max_resets = 1").max_resets, 1);
+    assert_eq!(h("max_resets = 4294967295").max_resets, u32::MAX);
+    // Every accepted value renders and parses back to itself.
+    assert_round_trip(&short_with(
+        "[http2]\nmax_header_list_size = 1025\ninitial_stream_window = 70000\nconnection_window = 2147483647\nsettings_timeout = \"1500ms\"\n",
+    ));
+}
+
+#[test]
+fn http2_values_out_of_range_name_file_line_and_key() {
+    // SHORT is 6 lines; `[http2]` is line 7, the key line 8.
+    let cases: &[(&str, &str, &str)] = &[
+        ("max_concurrent_streams = 0", "max_concurrent_streams", "expected a whole number from 1 to 1000, found 0"),
+        ("max_concurrent_streams = 1001", "max_concurrent_streams", "expected a whole number from 1 to 1000, found 1001"),
+        ("max_concurrent_streams = \"10\"", "max_concurrent_streams", "expected a whole number from 1 to 1000, found a string"),
+        ("max_header_list_size = 1023", "max_header_list_size", "must be from 1KiB to 1MiB, found 1023"),
+        ("max_header_list_size = \"2MiB\"", "max_header_list_size", "must be from 1KiB to 1MiB, found \"2MiB\""),
+        ("max_header_list_size = 0", "max_header_list_size", "must be more than zero; expected a size like \"50MiB\" (bytes, or a number with B, KiB, MiB, GiB, K, M, G)"),
+        ("max_frame_size = 16383", "max_frame_size", "expected a whole number from 16384 to 16777215, found 16383"),
+        ("max_frame_size = 16777216", "max_frame_size", "expected a whole number from 16384 to 16777215, found 16777216"),
+        ("initial_stream_window = \"1KiB\"", "initial_stream_window", "must be from 65535 bytes to 2147483647 bytes, found \"1KiB\""),
+        ("initial_stream_window = \"2GiB\"", "initial_stream_window", "must be from 65535 bytes to 2147483647 bytes, found \"2GiB\""),
+        ("connection_window = 65534", "connection_window", "must be from 65535 bytes to 2147483647 bytes, found 65534"),
+        ("connection_window = \"5GiB\"", "connection_window", "must be from 65535 bytes to 2147483647 bytes, found \"5GiB\""),
+        ("idle_timeout = 0", "idle_timeout", "must be more than zero; expected a duration like \"30s\" (seconds, or a number with ms, s, m, h)"),
+        ("settings_timeout = \"0s\"", "settings_timeout", "must be more than zero; expected a duration like \"30s\" (seconds, or a number with ms, s, m, h)"),
+        ("send_stall_timeout = \"soon\"", "send_stall_timeout", "expected a duration like \"30s\" (seconds, or a number with ms, s, m, h), found \"soon\""),
+        ("max_resets = 0", "max_resets", "expected a whole number of at least 1, found 0"),
+        ("max_resets = 4294967296", "max_resets", "expected a whole number of at least 1, found 4294967296"),
+    ];
+    for (line, key, message) in cases {
+        let e = fail(&short_with(&format!("[http2]\n{line}\n")));
+        assert_eq!(e.file, "mxgate.toml");
+        assert_eq!(e.line, 8, "{line}");
+        assert_eq!(e.key, format!("http2.{key}"), "{line}");
+        assert_eq!(e.message, *message, "{line}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("mxgate.toml:8:{}:", e.column)),
+            "{e}"
+        );
+    }
+    let e = fail(&short_with("[http2]\nmax_concurent_streams = 10\n"));
+    assert_eq!((e.line, e.key.as_str()), (8, "http2.max_concurent_streams"));
+    assert!(
+        e.message
+            .ends_with("(did you mean `max_concurrent_streams`?)"),
+        "{}",
+        e.message
+    );
+    let e = fail(&short_with("http2 = true\n"));
+    // Appended after `[tls]`: a key of that table, not the listener key.
+    assert_eq!(e.key, "tls.http2");
 }
