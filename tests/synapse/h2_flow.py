@@ -1,0 +1,307 @@
+#!/usr/bin/env python3
+"""Drive the Matrix client flow over HTTP/2 (httpx + h2) against a real Synapse through mxgate.
+
+  h2_flow.py --proxy https://127.0.0.1:PPORT --ca CA.pem --direct http://127.0.0.1:SPORT \
+             --shared-secret S
+
+Needs `httpx[http2]` importable (the Rust test puts tests/tools/httpx.txt's pinned wheels on
+PYTHONPATH). Every request to `--proxy` goes through ONE `httpx.Client(http2=True)` and must
+come back as `HTTP/2`, all on one TCP connection (the client's local port is compared).
+`--direct` (Synapse's own listener, HTTP/1.1) is used only for shared-secret registration.
+
+Steps: register two users directly; log in, create a room, invite, join and send three
+non-ASCII messages received in order by /sync, through the proxy; then an idle
+/sync?timeout=30000 long-poll on one stream while other requests (among them a 5 MiB media
+upload and download, sha256-checked) complete on the same connection meanwhile; an upload of
+50 MiB + 1 byte answered 413 M_TOO_LARGE with a readable JSON body, the connection still
+usable after it.
+
+Each step prints `STEP <name>` then `  ok ...`; on the first failure it prints
+`FAILED at step <name>: <why>` and exits 1.
+"""
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import ssl
+import sys
+import threading
+import time
+import urllib.parse
+
+import httpx
+
+MIB = 1024 * 1024
+MAX_UPLOAD = 50 * MIB  # Synapse's max_upload_size "50M" and mxgate's default limit
+SYNC_FILTER = json.dumps({"presence": {"types": []}, "account_data": {"types": []},
+                          "room": {"timeline": {"limit": 50}}}, separators=(",", ":"))
+
+
+class StepFailed(Exception):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise StepFailed(msg)
+
+
+def q(s):
+    return urllib.parse.quote(s, safe="")
+
+
+def short(r):
+    return f"HTTP {r.status_code} {r.http_version} {r.content[:300]!r}"
+
+
+class Flow:
+    def __init__(self, a):
+        self.a = a
+        ctx = ssl.create_default_context(cafile=a.ca)
+        self.proxy = httpx.Client(base_url=a.proxy, http2=True, verify=ctx,
+                                  timeout=httpx.Timeout(120.0))
+        self.direct = httpx.Client(base_url=a.direct, timeout=httpx.Timeout(30.0))
+        self.run_id = secrets.token_hex(4)
+        self.users = {}
+        # (local port, stream id) of every response through the proxy
+        self.seen = []
+        self.seen_lock = threading.Lock()
+
+    def call(self, method, path, token=None, body=None, content=None, headers=None, expect=200,
+             timeout=None):
+        """A request through the proxy; checks HTTP/2 and (unless None) the status."""
+        h = {"User-Agent": "mxgate-e2e/h2_flow"}
+        if token:
+            h["Authorization"] = f"Bearer {token}"
+        h.update(headers or {})
+        kw = {}
+        if timeout is not None:
+            kw["timeout"] = timeout
+        try:
+            r = self.proxy.request(method, path, json=body, content=content, headers=h, **kw)
+        except httpx.HTTPError as e:
+            raise StepFailed(f"{method} {path}: {type(e).__name__}: {e}")
+        check(r.http_version == "HTTP/2", f"{method} {path}: answered over {r.http_version}, want HTTP/2")
+        stream = r.extensions.get("network_stream")
+        port = stream.get_extra_info("client_addr")[1] if stream else None
+        with self.seen_lock:
+            self.seen.append((port, r.extensions.get("stream_id")))
+        check(expect is None or r.status_code == expect, f"{method} {path}: expected {expect}, got {short(r)}")
+        r.local_port = port
+        return r
+
+    def json(self, *args, **kw):
+        r = self.call(*args, **kw)
+        try:
+            return r.json()
+        except ValueError:
+            raise StepFailed(f"{args[0]} {args[1]}: not JSON: {short(r)}")
+
+    def sync(self, token, since=None, timeout_ms=0):
+        qs = {"timeout": str(timeout_ms), "filter": SYNC_FILTER}
+        if since:
+            qs["since"] = since
+        t0 = time.monotonic()
+        r = self.call("GET", "/_matrix/client/v3/sync?" + urllib.parse.urlencode(qs), token=token,
+                      timeout=timeout_ms / 1000 + 60)
+        r.elapsed_s = time.monotonic() - t0
+        return r
+
+    # ---- the steps ------------------------------------------------------------------------
+    def step_register_direct(self):
+        for name in ("a", "b"):
+            localpart, password = f"h2{name}-{self.run_id}", secrets.token_urlsafe(12)
+            nonce = self.direct.get("/_synapse/admin/v1/register").json()["nonce"]
+            mac = hmac.new(self.a.shared_secret.encode(), digestmod=hashlib.sha1)
+            mac.update(b"\x00".join([nonce.encode(), localpart.encode(), password.encode(), b"notadmin"]))
+            r = self.direct.post("/_synapse/admin/v1/register",
+                                 json={"nonce": nonce, "username": localpart, "password": password,
+                                       "admin": False, "mac": mac.hexdigest()})
+            check(r.status_code == 200, f"shared-secret registration of {localpart}: {short(r)}")
+            self.users[name] = {"localpart": localpart, "password": password, "user_id": r.json()["user_id"]}
+        return ", ".join(u["user_id"] for u in self.users.values())
+
+    def step_login(self):
+        for name, u in self.users.items():
+            body = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": u["localpart"]},
+                    "password": u["password"], "initial_device_display_name": f"e2e-h2-{name}"}
+            j = self.json("POST", "/_matrix/client/v3/login", body=body)
+            check(j.get("user_id") == u["user_id"], f"login {name}: {j!r}")
+            u["token"] = j["access_token"]
+        return "a, b logged in over HTTP/2"
+
+    def step_room(self):
+        a, b = self.users["a"], self.users["b"]
+        j = self.json("POST", "/_matrix/client/v3/createRoom", token=a["token"],
+                      body={"preset": "private_chat", "name": "mxgate h2 héllo", "room_version": "11"})
+        self.room_id = j["room_id"]
+        self.room_path = f"/_matrix/client/v3/rooms/{q(self.room_id)}"
+        self.json("POST", f"{self.room_path}/invite", token=a["token"], body={"user_id": b["user_id"]})
+        j = self.json("POST", f"/_matrix/client/v3/join/{q(self.room_id)}", token=b["token"], body={})
+        check(j.get("room_id") == self.room_id, f"join: {j!r}")
+        return f"{self.room_id}; B joined"
+
+    MESSAGES = ["héllo wörld 🎉 over h2", "こんにちは、HTTP/2", "Привет, мир! h2"]
+
+    def step_messages(self):
+        a, b = self.users["a"], self.users["b"]
+        since = self.sync(b["token"]).json()["next_batch"]
+        sent = []
+        for i, text in enumerate(self.MESSAGES):
+            j = self.json("PUT", f"{self.room_path}/send/m.room.message/{q(f'h2{self.run_id}-{i}')}",
+                          token=a["token"], body={"msgtype": "m.text", "body": text})
+            sent.append(j["event_id"])
+        got, deadline = [], time.monotonic() + 90
+        while len(got) < len(sent):
+            check(time.monotonic() < deadline, f"B received {len(got)}/3 messages in 90 s: {got!r}")
+            j = self.sync(b["token"], since=since, timeout_ms=30000).json()
+            since = j["next_batch"]
+            room = j.get("rooms", {}).get("join", {}).get(self.room_id, {})
+            for ev in room.get("timeline", {}).get("events", []):
+                if ev.get("type") == "m.room.message" and ev.get("sender") == a["user_id"]:
+                    got.append((ev["event_id"], ev["content"].get("body")))
+        check([e for e, _ in got] == sent, f"event order: got {got!r}, sent {sent!r}")
+        check([t for _, t in got] == self.MESSAGES, f"bodies changed in transit: {got!r}")
+        self.since_b = since
+        return "3 non-ASCII messages received in order by B's /sync"
+
+    def step_longpoll_with_traffic(self):
+        """B's idle /sync?timeout=30000 on one stream; A's requests (among them 5 MiB of media
+        up and down) on other streams of the same connection complete meanwhile."""
+        a, b = self.users["a"], self.users["b"]
+        since, deadline = self.since_b, time.monotonic() + 20
+        while True:  # catch up until one poll idles for its full 2 s
+            r = self.sync(b["token"], since=since, timeout_ms=2000)
+            since = r.json()["next_batch"]
+            if r.elapsed_s >= 1.9:
+                break
+            check(time.monotonic() < deadline, f"B's /sync never went idle within 20 s: {r.content[:500]!r}")
+        out = {}
+
+        def longpoll():
+            try:
+                out["resp"] = self.sync(b["token"], since=since, timeout_ms=30000)
+            except StepFailed as e:
+                out["error"] = str(e)
+            out["done_at"] = time.monotonic()
+
+        t_start = time.monotonic()
+        t = threading.Thread(target=longpoll, daemon=True)
+        t.start()
+        time.sleep(1.0)  # let the long-poll's stream open first
+        check(t.is_alive(), f"the long-poll returned at once: {out!r}")
+        finished = []
+
+        def during(what, fn):
+            fn()
+            finished.append((what, time.monotonic() - t_start))
+            check(t.is_alive(), f"{what}: the long-poll ended before this request did ({out!r})")
+
+        for i in range(5):
+            during(f"versions {i}", lambda: self.json("GET", "/_matrix/client/versions"))
+            during(f"whoami {i}", lambda: check(
+                self.json("GET", "/_matrix/client/v3/account/whoami", token=a["token"]).get("user_id")
+                == a["user_id"], "whoami"))
+        size = 5 * MIB + 12345
+        data = os.urandom(size)
+        sha = hashlib.sha256(data).hexdigest()
+        holder = {}
+
+        def upload():
+            j = self.json("POST", "/_matrix/media/v3/upload?filename=" + q("h2-blob é.bin"), token=a["token"],
+                          content=data, headers={"Content-Type": "application/octet-stream"})
+            holder["mxc"] = j.get("content_uri", "")
+
+        during("media upload 5 MiB", upload)
+        m = re.fullmatch(r"mxc://([^/]+)/([A-Za-z0-9_-]+)", holder["mxc"])
+        check(m is not None, f"bad content_uri {holder['mxc']!r}")
+
+        def download():
+            r = self.call("GET", f"/_matrix/client/v1/media/download/{q(m.group(1))}/{q(m.group(2))}",
+                          token=b["token"])
+            got = hashlib.sha256(r.content).hexdigest()
+            check(len(r.content) == size and got == sha,
+                  f"download differs: {len(r.content)} bytes sha256 {got}, uploaded {size} sha256 {sha}")
+
+        during("media download 5 MiB", download)
+        last = max(s for _, s in finished)
+        t.join(100)
+        check(not t.is_alive(), "idle /sync long-poll did not come back within 100 s")
+        if "error" in out:
+            raise StepFailed(f"idle /sync long-poll: {out['error']}")
+        r = out["resp"]
+        check(r.status_code == 200, f"idle /sync: {short(r)}")
+        check(r.elapsed_s >= 25.0, f"idle /sync?timeout=30000 returned after {r.elapsed_s:.1f} s (< 25 s)")
+        lp_end = out["done_at"] - t_start
+        check(last < lp_end - 5, f"the other requests finished at {last:.1f} s, the long-poll at {lp_end:.1f} s")
+        others = {p for p, _ in self.seen}
+        check(others == {r.local_port}, f"long-poll on local port {r.local_port}, requests on {others}")
+        return (f"{len(finished)} requests (5 MiB up + down, sha256 ok) done by {last:.1f} s on the "
+                f"long-poll's connection (local port {r.local_port}); long-poll 200 after {r.elapsed_s:.1f} s")
+
+    def step_too_large(self):
+        a = self.users["a"]
+        body = os.urandom(MIB) * 50 + b"!"
+        t0 = time.monotonic()
+        r = self.call("POST", "/_matrix/media/v3/upload?filename=too-big.bin", token=a["token"], content=body,
+                      headers={"Content-Type": "application/octet-stream"}, expect=413)
+        try:
+            j = r.json()
+        except ValueError:
+            raise StepFailed(f"413 body is not JSON: {short(r)}")
+        check(j.get("errcode") == "M_TOO_LARGE", f"413 without errcode M_TOO_LARGE: {short(r)}")
+        after = self.json("GET", "/_matrix/client/versions")
+        check("versions" in after, f"after the 413: {after!r}")
+        return (f"413 M_TOO_LARGE read ({time.monotonic() - t0:.1f} s); the connection serves the next "
+                f"request")
+
+    def step_one_connection(self):
+        ports = {p for p, _ in self.seen}
+        streams = [s for _, s in self.seen]
+        check(len(ports) == 1, f"requests travelled on {len(ports)} connections (local ports {ports})")
+        check(len(set(streams)) == len(streams), f"a stream id was used twice: {streams}")
+        return f"{len(self.seen)} requests on one connection, streams {min(streams)}..{max(streams)}"
+
+    def run(self):
+        t_start = time.monotonic()
+        plan = [
+            ("register users directly on Synapse (shared secret)", self.step_register_direct),
+            ("login over HTTP/2", self.step_login),
+            ("room, invite, join over HTTP/2", self.step_room),
+            ("3 non-ASCII messages received in order via /sync", self.step_messages),
+            ("idle /sync long-poll (30 s) while other requests and 5 MiB of media pass on the same connection",
+             self.step_longpoll_with_traffic),
+            ("media upload 50 MiB + 1 byte -> 413 M_TOO_LARGE, connection reusable", self.step_too_large),
+            ("every request on one HTTP/2 connection", self.step_one_connection),
+        ]
+        for name, fn in plan:
+            print(f"STEP {name}", flush=True)
+            t0 = time.monotonic()
+            try:
+                detail = fn()
+            except StepFailed as e:
+                print(f"FAILED at step {name}: {e}", flush=True)
+                return 1
+            except Exception as e:  # a bug or an unexpected response shape: still name the step
+                print(f"FAILED at step {name}: unexpected {type(e).__name__}: {e}", flush=True)
+                return 1
+            print(f"  ok ({time.monotonic() - t0:.2f} s): {detail}", flush=True)
+        print(f"HTTP/2 flow done in {time.monotonic() - t_start:.1f} s: {len(plan)} steps ok", flush=True)
+        return 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--proxy", required=True, help="the proxy's TLS base URL, e.g. https://127.0.0.1:8443")
+    ap.add_argument("--ca", required=True, help="PEM file of the CA that signed the proxy's certificate")
+    ap.add_argument("--direct", required=True, help="Synapse's own listener, e.g. http://127.0.0.1:8008")
+    ap.add_argument("--shared-secret", required=True, help="Synapse's registration_shared_secret")
+    sys.exit(Flow(ap.parse_args()).run())
+
+
+if __name__ == "__main__":
+    main()
