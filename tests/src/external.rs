@@ -50,7 +50,7 @@ impl Ran {
         };
         format!(
             "`{}` ({ended}, {:.1} s)\n--- stdout:\n{}\n--- stderr:\n{}",
-            self.shown,
+            cut(&self.shown, 600),
             self.seconds,
             crate::show(&self.stdout, max),
             cut(&self.stderr, max)

@@ -24,6 +24,18 @@ pub struct H2Session {
     pub stream_ids: Vec<u64>,
 }
 
+/// One TCP connection Chromium opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpConnection {
+    /// Its local address, `127.0.0.1:<port>`.
+    pub local: String,
+    /// Whether it carried requests (`SOCKET_IN_USE`), as opposed to being opened and
+    /// closed unused.
+    pub used: bool,
+    /// Why the socket pool closed it, if it says.
+    pub closed: Option<String>,
+}
+
 /// The parts of a NetLog the tests look at.
 #[derive(Debug, Clone)]
 pub struct NetLog {
@@ -105,12 +117,31 @@ impl NetLog {
             && event["source"]["type"].as_u64() == self.source_types.get(name).copied()
     }
 
-    /// Local addresses (`127.0.0.1:<port>`) of the TCP connections that reached `remote`
-    /// (`127.0.0.1:<port>`): one per connection the browser opened there.
-    pub fn tcp_connections_to(&self, remote: &str) -> Vec<String> {
+    /// The TCP connections that reached `remote` (`127.0.0.1:<port>`), in order. Chromium
+    /// may race a second connection while the first is being set up and close it unused
+    /// once the first turns out to be HTTP/2 ("Switching to HTTP2 session").
+    pub fn tcp_connections_to(&self, remote: &str) -> Vec<TcpConnection> {
         self.events_of("TCP_CONNECT")
             .filter(|e| e["params"]["remote_address"].as_str() == Some(remote))
-            .filter_map(|e| e["params"]["local_address"].as_str().map(str::to_owned))
+            .filter_map(|e| {
+                let id = e["source"]["id"].as_u64()?;
+                let local = e["params"]["local_address"].as_str()?.to_owned();
+                let on_it = |name: &str| {
+                    self.events_of(name)
+                        .filter(|x| x["source"]["id"].as_u64() == Some(id))
+                        .collect::<Vec<_>>()
+                };
+                let used = !on_it("SOCKET_IN_USE").is_empty();
+                let closed = on_it("SOCKET_POOL_CLOSING_SOCKET")
+                    .first()
+                    .and_then(|x| x["params"]["reason"].as_str())
+                    .map(str::to_owned);
+                Some(TcpConnection {
+                    local,
+                    used,
+                    closed,
+                })
+            })
             .collect()
     }
 
@@ -169,10 +200,13 @@ impl NetLog {
 mod tests {
     use super::*;
 
-    const LOG: &str = r#"{"constants":{"logEventTypes":{"TCP_CONNECT":10,"HTTP2_SESSION":20,"HTTP2_SESSION_SEND_HEADERS":21},"logSourceType":{"SOCKET":1,"HTTP2_SESSION":2}},
+    const LOG: &str = r#"{"constants":{"logEventTypes":{"TCP_CONNECT":10,"SOCKET_IN_USE":11,"SOCKET_POOL_CLOSING_SOCKET":12,"HTTP2_SESSION":20,"HTTP2_SESSION_SEND_HEADERS":21},"logSourceType":{"SOCKET":1,"HTTP2_SESSION":2}},
 "events": [
 {"phase":1,"source":{"id":5,"type":1},"type":10,"params":{"address_list":["127.0.0.1:8443"]}},
 {"phase":2,"source":{"id":5,"type":1},"type":10,"params":{"local_address":"127.0.0.1:40000","remote_address":"127.0.0.1:8443"}},
+{"phase":1,"source":{"id":5,"type":1},"type":11,"params":{}},
+{"phase":2,"source":{"id":6,"type":1},"type":10,"params":{"local_address":"127.0.0.1:40002","remote_address":"127.0.0.1:8443"}},
+{"phase":0,"source":{"id":6,"type":1},"type":12,"params":{"reason":"Switching to HTTP2 session"}},
 {"phase":1,"source":{"id":7,"type":2},"type":20,"params":{"host":"localhost:8443","proxy":"DIRECT"}},
 {"phase":0,"source":{"id":7,"type":2},"type":21,"params":{"headers":[":method: GET",":path: /a"],"stream_id":1}},
 {"phase":0,"source":{"id":7,"type":2},"type":21,"params":{"headers":[":method: GET",":path: /b?i=1"],"stream_id":3}},
@@ -183,10 +217,20 @@ mod tests {
     #[test]
     fn sessions_connections_and_streams_are_found() {
         let log = NetLog::parse(LOG).expect("parses");
-        assert_eq!(
-            log.tcp_connections_to("127.0.0.1:8443"),
-            ["127.0.0.1:40000"]
-        );
+        let conns = log.tcp_connections_to("127.0.0.1:8443");
+        let want = [
+            TcpConnection {
+                local: "127.0.0.1:40000".into(),
+                used: true,
+                closed: None,
+            },
+            TcpConnection {
+                local: "127.0.0.1:40002".into(),
+                used: false,
+                closed: Some("Switching to HTTP2 session".into()),
+            },
+        ];
+        assert_eq!(conns, want);
         let s = log.h2_sessions("localhost:8443");
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].paths, ["/a", "/b?i=1"]);

@@ -5,14 +5,17 @@
              --shared-secret S
 
 Needs `httpx[http2]` importable (the Rust test puts tests/tools/httpx.txt's pinned wheels on
-PYTHONPATH). Every request to `--proxy` goes through ONE `httpx.Client(http2=True)` and must
-come back as `HTTP/2`, all on one TCP connection (the client's local port is compared).
+PYTHONPATH). Every request to `--proxy` goes through ONE `httpx.AsyncClient(http2=True)` and
+must come back as `HTTP/2`, all on one TCP connection (the client's local port is compared).
+Async on purpose: httpcore's threaded HTTP/2 client lets a thread blocked reading for its
+long-poll hold the connection's read lock, starving other threads' streams until it returns;
+asyncio's lock is fair, so streams really run side by side.
 `--direct` (Synapse's own listener, HTTP/1.1) is used only for shared-secret registration.
 
 Steps: register two users directly; log in, create a room, invite, join and send three
 non-ASCII messages received in order by /sync, through the proxy; then an idle
 /sync?timeout=30000 long-poll on one stream while other requests (among them a 5 MiB media
-upload and download, sha256-checked) complete on the same connection meanwhile; an upload of
+download, sha256-checked) complete on the same connection meanwhile; an upload of
 50 MiB + 1 byte answered 413 M_TOO_LARGE with a readable JSON body, the connection still
 usable after it.
 
@@ -21,6 +24,7 @@ Each step prints `STEP <name>` then `  ok ...`; on the first failure it prints
 """
 
 import argparse
+import asyncio
 import hashlib
 import hmac
 import json
@@ -29,7 +33,6 @@ import re
 import secrets
 import ssl
 import sys
-import threading
 import time
 import urllib.parse
 
@@ -62,16 +65,15 @@ class Flow:
     def __init__(self, a):
         self.a = a
         ctx = ssl.create_default_context(cafile=a.ca)
-        self.proxy = httpx.Client(base_url=a.proxy, http2=True, verify=ctx,
-                                  timeout=httpx.Timeout(120.0))
+        self.proxy = httpx.AsyncClient(base_url=a.proxy, http2=True, verify=ctx,
+                                       timeout=httpx.Timeout(120.0))
         self.direct = httpx.Client(base_url=a.direct, timeout=httpx.Timeout(30.0))
         self.run_id = secrets.token_hex(4)
         self.users = {}
         # (local port, stream id) of every response through the proxy
         self.seen = []
-        self.seen_lock = threading.Lock()
 
-    def call(self, method, path, token=None, body=None, content=None, headers=None, expect=200,
+    async def call(self, method, path, token=None, body=None, content=None, headers=None, expect=200,
              timeout=None):
         """A request through the proxy; checks HTTP/2 and (unless None) the status."""
         h = {"User-Agent": "mxgate-e2e/h2_flow"}
@@ -82,37 +84,36 @@ class Flow:
         if timeout is not None:
             kw["timeout"] = timeout
         try:
-            r = self.proxy.request(method, path, json=body, content=content, headers=h, **kw)
+            r = await self.proxy.request(method, path, json=body, content=content, headers=h, **kw)
         except httpx.HTTPError as e:
             raise StepFailed(f"{method} {path}: {type(e).__name__}: {e}")
         check(r.http_version == "HTTP/2", f"{method} {path}: answered over {r.http_version}, want HTTP/2")
         stream = r.extensions.get("network_stream")
         port = stream.get_extra_info("client_addr")[1] if stream else None
-        with self.seen_lock:
-            self.seen.append((port, r.extensions.get("stream_id")))
+        self.seen.append((port, r.extensions.get("stream_id")))
         check(expect is None or r.status_code == expect, f"{method} {path}: expected {expect}, got {short(r)}")
         r.local_port = port
         return r
 
-    def json(self, *args, **kw):
-        r = self.call(*args, **kw)
+    async def json(self, *args, **kw):
+        r = await self.call(*args, **kw)
         try:
             return r.json()
         except ValueError:
             raise StepFailed(f"{args[0]} {args[1]}: not JSON: {short(r)}")
 
-    def sync(self, token, since=None, timeout_ms=0):
+    async def sync(self, token, since=None, timeout_ms=0):
         qs = {"timeout": str(timeout_ms), "filter": SYNC_FILTER}
         if since:
             qs["since"] = since
         t0 = time.monotonic()
-        r = self.call("GET", "/_matrix/client/v3/sync?" + urllib.parse.urlencode(qs), token=token,
+        r = await self.call("GET", "/_matrix/client/v3/sync?" + urllib.parse.urlencode(qs), token=token,
                       timeout=timeout_ms / 1000 + 60)
         r.elapsed_s = time.monotonic() - t0
         return r
 
     # ---- the steps ------------------------------------------------------------------------
-    def step_register_direct(self):
+    async def step_register_direct(self):
         for name in ("a", "b"):
             localpart, password = f"h2{name}-{self.run_id}", secrets.token_urlsafe(12)
             nonce = self.direct.get("/_synapse/admin/v1/register").json()["nonce"]
@@ -125,40 +126,40 @@ class Flow:
             self.users[name] = {"localpart": localpart, "password": password, "user_id": r.json()["user_id"]}
         return ", ".join(u["user_id"] for u in self.users.values())
 
-    def step_login(self):
+    async def step_login(self):
         for name, u in self.users.items():
             body = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": u["localpart"]},
                     "password": u["password"], "initial_device_display_name": f"e2e-h2-{name}"}
-            j = self.json("POST", "/_matrix/client/v3/login", body=body)
+            j = await self.json("POST", "/_matrix/client/v3/login", body=body)
             check(j.get("user_id") == u["user_id"], f"login {name}: {j!r}")
             u["token"] = j["access_token"]
         return "a, b logged in over HTTP/2"
 
-    def step_room(self):
+    async def step_room(self):
         a, b = self.users["a"], self.users["b"]
-        j = self.json("POST", "/_matrix/client/v3/createRoom", token=a["token"],
+        j = await self.json("POST", "/_matrix/client/v3/createRoom", token=a["token"],
                       body={"preset": "private_chat", "name": "mxgate h2 héllo", "room_version": "11"})
         self.room_id = j["room_id"]
         self.room_path = f"/_matrix/client/v3/rooms/{q(self.room_id)}"
-        self.json("POST", f"{self.room_path}/invite", token=a["token"], body={"user_id": b["user_id"]})
-        j = self.json("POST", f"/_matrix/client/v3/join/{q(self.room_id)}", token=b["token"], body={})
+        await self.json("POST", f"{self.room_path}/invite", token=a["token"], body={"user_id": b["user_id"]})
+        j = await self.json("POST", f"/_matrix/client/v3/join/{q(self.room_id)}", token=b["token"], body={})
         check(j.get("room_id") == self.room_id, f"join: {j!r}")
         return f"{self.room_id}; B joined"
 
     MESSAGES = ["héllo wörld 🎉 over h2", "こんにちは、HTTP/2", "Привет, мир! h2"]
 
-    def step_messages(self):
+    async def step_messages(self):
         a, b = self.users["a"], self.users["b"]
-        since = self.sync(b["token"]).json()["next_batch"]
+        since = (await self.sync(b["token"])).json()["next_batch"]
         sent = []
         for i, text in enumerate(self.MESSAGES):
-            j = self.json("PUT", f"{self.room_path}/send/m.room.message/{q(f'h2{self.run_id}-{i}')}",
+            j = await self.json("PUT", f"{self.room_path}/send/m.room.message/{q(f'h2{self.run_id}-{i}')}",
                           token=a["token"], body={"msgtype": "m.text", "body": text})
             sent.append(j["event_id"])
         got, deadline = [], time.monotonic() + 90
         while len(got) < len(sent):
             check(time.monotonic() < deadline, f"B received {len(got)}/3 messages in 90 s: {got!r}")
-            j = self.sync(b["token"], since=since, timeout_ms=30000).json()
+            j = (await self.sync(b["token"], since=since, timeout_ms=30000)).json()
             since = j["next_batch"]
             room = j.get("rooms", {}).get("join", {}).get(self.room_id, {})
             for ev in room.get("timeline", {}).get("events", []):
@@ -169,111 +170,115 @@ class Flow:
         self.since_b = since
         return "3 non-ASCII messages received in order by B's /sync"
 
-    def step_longpoll_with_traffic(self):
-        """B's idle /sync?timeout=30000 on one stream; A's requests (among them 5 MiB of media
-        up and down) on other streams of the same connection complete meanwhile."""
+    async def step_media(self):
+        a = self.users["a"]
+        size = 5 * MIB + 12345
+        data = os.urandom(size)
+        self.media_sha, self.media_size = hashlib.sha256(data).hexdigest(), size
+        j = await self.json("POST", "/_matrix/media/v3/upload?filename=" + q("h2-blob é.bin"), token=a["token"],
+                            content=data, headers={"Content-Type": "application/octet-stream"})
+        m = re.fullmatch(r"mxc://([^/]+)/([A-Za-z0-9_-]+)", j.get("content_uri", ""))
+        check(m is not None, f"bad content_uri {j!r}")
+        self.media_path = f"/_matrix/client/v1/media/download/{q(m.group(1))}/{q(m.group(2))}"
+        await self.download_media()
+        return f"{size} bytes up and down, sha256 {self.media_sha[:16]}…"
+
+    async def download_media(self):
+        r = await self.call("GET", self.media_path, token=self.users["b"]["token"])
+        got = hashlib.sha256(r.content).hexdigest()
+        check(len(r.content) == self.media_size and got == self.media_sha,
+              f"download differs: {len(r.content)} bytes sha256 {got}, uploaded {self.media_size} "
+              f"sha256 {self.media_sha}")
+
+    async def step_longpoll_with_traffic(self):
+        """B's idle /sync?timeout=30000 on one stream; A's requests (among them a small upload and
+        the 5 MiB download) on other streams of the same connection complete meanwhile.
+
+        No large upload meanwhile: httpcore's HTTP/2 client waits for send window by reading
+        under the connection's read lock, and when another stream's reader took the
+        WINDOW_UPDATE it blocks reading until other data comes (here: the long-poll's answer).
+        Uploads larger than the windows are tested alone (step_media, step_too_large)."""
         a, b = self.users["a"], self.users["b"]
         since, deadline = self.since_b, time.monotonic() + 20
         while True:  # catch up until one poll idles for its full 2 s
-            r = self.sync(b["token"], since=since, timeout_ms=2000)
+            r = await self.sync(b["token"], since=since, timeout_ms=2000)
             since = r.json()["next_batch"]
             if r.elapsed_s >= 1.9:
                 break
             check(time.monotonic() < deadline, f"B's /sync never went idle within 20 s: {r.content[:500]!r}")
-        out = {}
-
-        def longpoll():
-            try:
-                out["resp"] = self.sync(b["token"], since=since, timeout_ms=30000)
-            except StepFailed as e:
-                out["error"] = str(e)
-            out["done_at"] = time.monotonic()
-
         t_start = time.monotonic()
-        t = threading.Thread(target=longpoll, daemon=True)
-        t.start()
-        time.sleep(1.0)  # let the long-poll's stream open first
-        check(t.is_alive(), f"the long-poll returned at once: {out!r}")
+        longpoll = asyncio.create_task(self.sync(b["token"], since=since, timeout_ms=30000))
+        await asyncio.sleep(1.0)  # let the long-poll's stream open first
+        check(not longpoll.done(), "the long-poll returned at once")
         finished = []
 
-        def during(what, fn):
-            fn()
+        async def during(what, coro):
+            await coro
             finished.append((what, time.monotonic() - t_start))
-            check(t.is_alive(), f"{what}: the long-poll ended before this request did ({out!r})")
+            check(not longpoll.done(), f"{what}: the long-poll ended before this request did")
+
+        async def whoami():
+            j = await self.json("GET", "/_matrix/client/v3/account/whoami", token=a["token"])
+            check(j.get("user_id") == a["user_id"], f"whoami: {j!r}")
 
         for i in range(5):
-            during(f"versions {i}", lambda: self.json("GET", "/_matrix/client/versions"))
-            during(f"whoami {i}", lambda: check(
-                self.json("GET", "/_matrix/client/v3/account/whoami", token=a["token"]).get("user_id")
-                == a["user_id"], "whoami"))
-        size = 5 * MIB + 12345
-        data = os.urandom(size)
-        sha = hashlib.sha256(data).hexdigest()
-        holder = {}
+            await during(f"versions {i}", self.json("GET", "/_matrix/client/versions"))
+            await during(f"whoami {i}", whoami())
 
-        def upload():
-            j = self.json("POST", "/_matrix/media/v3/upload?filename=" + q("h2-blob é.bin"), token=a["token"],
-                          content=data, headers={"Content-Type": "application/octet-stream"})
-            holder["mxc"] = j.get("content_uri", "")
+        async def small_upload():
+            data = os.urandom(32 * 1024)
+            j = await self.json("POST", "/_matrix/media/v3/upload?filename=small.bin", token=a["token"],
+                                content=data, headers={"Content-Type": "application/octet-stream"})
+            check(j.get("content_uri", "").startswith("mxc://"), f"small upload: {j!r}")
 
-        during("media upload 5 MiB", upload)
-        m = re.fullmatch(r"mxc://([^/]+)/([A-Za-z0-9_-]+)", holder["mxc"])
-        check(m is not None, f"bad content_uri {holder['mxc']!r}")
-
-        def download():
-            r = self.call("GET", f"/_matrix/client/v1/media/download/{q(m.group(1))}/{q(m.group(2))}",
-                          token=b["token"])
-            got = hashlib.sha256(r.content).hexdigest()
-            check(len(r.content) == size and got == sha,
-                  f"download differs: {len(r.content)} bytes sha256 {got}, uploaded {size} sha256 {sha}")
-
-        during("media download 5 MiB", download)
+        await during("media upload 32 KiB", small_upload())
+        await during("media download 5 MiB", self.download_media())
         last = max(s for _, s in finished)
-        t.join(100)
-        check(not t.is_alive(), "idle /sync long-poll did not come back within 100 s")
-        if "error" in out:
-            raise StepFailed(f"idle /sync long-poll: {out['error']}")
-        r = out["resp"]
+        try:
+            r = await asyncio.wait_for(longpoll, 100)
+        except asyncio.TimeoutError:
+            raise StepFailed("idle /sync long-poll did not come back within 100 s")
+        lp_end = time.monotonic() - t_start
         check(r.status_code == 200, f"idle /sync: {short(r)}")
         check(r.elapsed_s >= 25.0, f"idle /sync?timeout=30000 returned after {r.elapsed_s:.1f} s (< 25 s)")
-        lp_end = out["done_at"] - t_start
         check(last < lp_end - 5, f"the other requests finished at {last:.1f} s, the long-poll at {lp_end:.1f} s")
-        others = {p for p, _ in self.seen}
-        check(others == {r.local_port}, f"long-poll on local port {r.local_port}, requests on {others}")
-        return (f"{len(finished)} requests (5 MiB up + down, sha256 ok) done by {last:.1f} s on the "
+        ports = {p for p, _ in self.seen}
+        check(ports == {r.local_port}, f"long-poll on local port {r.local_port}, requests on {ports}")
+        return (f"{len(finished)} requests (5 MiB download, sha256 ok) done by {last:.1f} s on the "
                 f"long-poll's connection (local port {r.local_port}); long-poll 200 after {r.elapsed_s:.1f} s")
 
-    def step_too_large(self):
+    async def step_too_large(self):
         a = self.users["a"]
         body = os.urandom(MIB) * 50 + b"!"
         t0 = time.monotonic()
-        r = self.call("POST", "/_matrix/media/v3/upload?filename=too-big.bin", token=a["token"], content=body,
+        r = await self.call("POST", "/_matrix/media/v3/upload?filename=too-big.bin", token=a["token"], content=body,
                       headers={"Content-Type": "application/octet-stream"}, expect=413)
         try:
             j = r.json()
         except ValueError:
             raise StepFailed(f"413 body is not JSON: {short(r)}")
         check(j.get("errcode") == "M_TOO_LARGE", f"413 without errcode M_TOO_LARGE: {short(r)}")
-        after = self.json("GET", "/_matrix/client/versions")
+        after = await self.json("GET", "/_matrix/client/versions")
         check("versions" in after, f"after the 413: {after!r}")
         return (f"413 M_TOO_LARGE read ({time.monotonic() - t0:.1f} s); the connection serves the next "
                 f"request")
 
-    def step_one_connection(self):
+    async def step_one_connection(self):
         ports = {p for p, _ in self.seen}
         streams = [s for _, s in self.seen]
         check(len(ports) == 1, f"requests travelled on {len(ports)} connections (local ports {ports})")
         check(len(set(streams)) == len(streams), f"a stream id was used twice: {streams}")
         return f"{len(self.seen)} requests on one connection, streams {min(streams)}..{max(streams)}"
 
-    def run(self):
+    async def run(self):
         t_start = time.monotonic()
         plan = [
             ("register users directly on Synapse (shared secret)", self.step_register_direct),
             ("login over HTTP/2", self.step_login),
             ("room, invite, join over HTTP/2", self.step_room),
             ("3 non-ASCII messages received in order via /sync", self.step_messages),
-            ("idle /sync long-poll (30 s) while other requests and 5 MiB of media pass on the same connection",
+            ("media upload 5 MiB + authenticated download, sha256", self.step_media),
+            ("idle /sync long-poll (30 s) while other requests and a 5 MiB download pass on the same connection",
              self.step_longpoll_with_traffic),
             ("media upload 50 MiB + 1 byte -> 413 M_TOO_LARGE, connection reusable", self.step_too_large),
             ("every request on one HTTP/2 connection", self.step_one_connection),
@@ -282,7 +287,7 @@ class Flow:
             print(f"STEP {name}", flush=True)
             t0 = time.monotonic()
             try:
-                detail = fn()
+                detail = await fn()
             except StepFailed as e:
                 print(f"FAILED at step {name}: {e}", flush=True)
                 return 1
@@ -300,7 +305,7 @@ def main():
     ap.add_argument("--ca", required=True, help="PEM file of the CA that signed the proxy's certificate")
     ap.add_argument("--direct", required=True, help="Synapse's own listener, e.g. http://127.0.0.1:8008")
     ap.add_argument("--shared-secret", required=True, help="Synapse's registration_shared_secret")
-    sys.exit(Flow(ap.parse_args()).run())
+    sys.exit(asyncio.run(Flow(ap.parse_args()).run()))
 
 
 if __name__ == "__main__":

@@ -493,8 +493,14 @@ fn metric_sum(text: &str, name: &str, listener: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// `GET /metrics` on the metrics listener (which may start accepting after the others).
 fn metrics(port: u16) -> String {
-    let res = Client::plain(([127, 0, 0, 1], port).into())
+    let addr = ([127, 0, 0, 1], port).into();
+    assert!(
+        wait_until(Duration::from_secs(10), || Client::try_plain(addr).is_ok()),
+        "the metrics listener {addr} does not accept"
+    );
+    let res = Client::plain(addr)
         .request(&get("/metrics", "localhost"))
         .expect("GET /metrics");
     String::from_utf8_lossy(&res.body).into_owned()
@@ -502,9 +508,10 @@ fn metrics(port: u16) -> String {
 
 /// Headless Chromium loads a page through mxgate whose script fires 60 `fetch()`es at once:
 /// all succeed, and they and the page travel on ONE HTTP/2 connection, seen three ways:
-/// Chromium's NetLog (one TCP connection to the port, one HTTP/2 session with ≥ 61
-/// request streams), the page's Resource Timing (`nextHopProtocol` = `h2` for every
-/// fetch), and mxgate's metrics (one accepted connection, ≥ 61 requests on the listener).
+/// Chromium's NetLog (one HTTP/2 session with ≥ 61 request streams, one TCP connection in
+/// use: Chromium may race a second one and close it unused), the page's Resource Timing
+/// (`nextHopProtocol` = `h2` for every fetch), and mxgate's metrics (as many accepted
+/// connections as Chromium opened, ≥ 61 requests on the listener).
 #[test]
 fn chromium_fetches_60_in_parallel_on_one_h2_connection() {
     const N: usize = 60;
@@ -595,7 +602,10 @@ fn chromium_fetches_60_in_parallel_on_one_h2_connection() {
             "one HTTP/2 session to localhost:{port}; sessions in the log: {:?}",
             log.h2_session_hosts()
         );
-        assert_eq!(connections.len(), 1, "one TCP connection: {connections:?}");
+        // Chromium may race a second connection while the first is set up, and close it
+        // unused when the first turns out to be HTTP/2: one carries every request.
+        let used: Vec<_> = connections.iter().filter(|c| c.used).collect();
+        assert_eq!(used.len(), 1, "one TCP connection in use: {connections:?}");
         let session = &sessions[0];
         assert!(session.paths.len() > N, "{:?}", session.paths);
         for i in 0..N {
@@ -617,7 +627,11 @@ fn chromium_fetches_60_in_parallel_on_one_h2_connection() {
             "[{}] mxgate metrics for the browser: {accepted} connection(s), {requests} request(s)",
             rt.name
         );
-        assert_eq!(accepted, 1, "mxgate accepted one connection:\n{after}");
+        assert_eq!(
+            accepted,
+            connections.len() as u64,
+            "mxgate accepted as many connections as Chromium opened ({connections:?}):\n{after}"
+        );
         assert!(
             requests > N as u64,
             "mxgate counted {requests} requests:\n{after}"

@@ -12,7 +12,7 @@
 //!    and request id Synapse saw, `.well-known`, `/health` — through the proxy.
 //! 5. `tests/synapse/h2_flow.py` does it again over HTTP/2 (httpx with `http2=True`, h2 by
 //!    ALPN on the same listener): every answer `HTTP/2`, all on one connection, an idle 30 s
-//!    `/sync` long-poll on one stream while other requests and 5 MiB of media pass on others,
+//!    `/sync` long-poll on one stream while other requests and a 5 MiB download pass on others,
 //!    and an over-size upload answered 413 `M_TOO_LARGE` that the client reads.
 //!
 //! Opt-out: `MXGATE_SKIP_SYNAPSE=1` skips this test on a developer machine (e.g. without
