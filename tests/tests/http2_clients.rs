@@ -221,13 +221,14 @@ fn curl_prior_knowledge_on_a_plain_listener_with_http2() {
     });
 }
 
-/// A plain listener without `http2` does not speak HTTP/2: the preface is an HTTP/1.1
-/// request line it refuses (`PRI * HTTP/2.0`: 505), curl with prior knowledge fails, and
-/// nothing reaches the origin.
+/// Listeners without HTTP/2 do not speak it: on a plain listener the preface is an
+/// HTTP/1.1 request line it refuses (`PRI * HTTP/2.0`: 505), curl with prior knowledge fails
+/// and nothing reaches the origin; a TLS listener with `http2 = false` offers only
+/// `http/1.1` by ALPN, so `curl --http2` gets HTTP/1.1.
 #[test]
-fn a_plain_listener_without_http2_does_not_speak_h2() {
+fn listeners_without_http2_do_not_speak_h2() {
     each_runtime(|rt| {
-        let s = Scene::start(rt);
+        let s = Scene::with(rt, |c| c.listener_line(0, "http2 = false"));
         let dir = workdir();
         let plain = s.proxy.client_plain().port();
         let (ran, t) = curl(
@@ -255,6 +256,21 @@ fn a_plain_listener_without_http2_does_not_speak_h2() {
         assert_eq!(res.status, 505, "{res:?}");
         s.origin
             .assert_untouched("h2 preface on an HTTP/1.1-only listener");
+
+        let tls = s.proxy.client_tls().port();
+        let (ran, t) = curl(
+            dir.path(),
+            tls,
+            &s.pki,
+            &[
+                "--http2",
+                "-o",
+                "/dev/null",
+                &format!("https://localhost:{tls}/_matrix/client/versions"),
+            ],
+        );
+        let t = single(&ran, t, "curl --http2 to a TLS listener with http2 = false");
+        assert_eq!((t.http_version.as_str(), t.code), ("1.1", 200), "{t:?}");
     });
 }
 
@@ -322,6 +338,13 @@ fn nghttp_multiplexes_many_requests_on_one_connection() {
                 .collect();
             want.sort();
             assert_eq!(targets, want, "{scheme}: the origin got each request once");
+            for r in &reqs[before..] {
+                assert_eq!(
+                    header_values(r, "host"),
+                    [addr.to_string()],
+                    "Host = :authority"
+                );
+            }
         }
     });
 }
@@ -365,47 +388,56 @@ fn h2load_counts(out: &str) -> Vec<(String, u64)> {
         .unwrap_or_default()
 }
 
-/// h2load: 2000 requests over 4 connections, 10 streams each in flight, all succeed (not
-/// a performance test: correctness under concurrency).
+/// h2load: 2000 requests over 4 connections, 10 streams each in flight, all succeed, over
+/// TLS (ALPN) and on the plain listener (prior knowledge). Not a performance test:
+/// correctness under concurrency.
 #[test]
 fn h2load_2000_requests_all_succeed() {
     each_runtime(|rt| {
         let s = h2_scene(rt);
         let dir = workdir();
-        let url = format!("https://{}/_matrix/client/versions", s.proxy.client_tls());
-        let mut cmd = tools::h2load().command();
-        cmd.args(["-n", "2000", "-c", "4", "-m", "10", "-T", "60", "-N", "60"])
-            .arg(&url);
-        let ran = external::run("h2load", cmd, dir.path(), CLIENT_TIMEOUT);
-        ran.expect_success("h2load");
-        let out = ran.stdout_text();
-        println!("[{}] h2load:\n{out}", rt.name);
-        assert!(
-            out.contains("Application protocol: h2"),
-            "{}",
-            ran.describe(4000)
-        );
-        let counts = h2load_counts(&out);
-        let get = |k: &str| counts.iter().find(|(l, _)| l == k).map(|(_, n)| *n);
-        for (label, want) in [
-            ("total", 2000),
-            ("done", 2000),
-            ("succeeded", 2000),
-            ("failed", 0),
-            ("errored", 0),
-            ("timeout", 0),
+        let mut seen = 0;
+        for (scheme, addr) in [
+            ("https", s.proxy.client_tls()),
+            ("http", s.proxy.client_plain()),
         ] {
-            assert_eq!(
-                get(label),
-                Some(want),
-                "requests {label}: {counts:?}\n{out}"
+            let url = format!("{scheme}://{addr}/_matrix/client/versions?via={scheme}");
+            let mut cmd = tools::h2load().command();
+            cmd.args(["-n", "2000", "-c", "4", "-m", "10", "-T", "60", "-N", "60"])
+                .arg(&url);
+            let ran = external::run("h2load", cmd, dir.path(), CLIENT_TIMEOUT);
+            ran.expect_success("h2load");
+            let out = ran.stdout_text();
+            println!("[{}] h2load {scheme}:\n{out}", rt.name);
+            assert!(
+                out.contains("Application protocol: h2"),
+                "{}",
+                ran.describe(4000)
             );
+            let counts = h2load_counts(&out);
+            let get = |k: &str| counts.iter().find(|(l, _)| l == k).map(|(_, n)| *n);
+            for (label, want) in [
+                ("total", 2000),
+                ("done", 2000),
+                ("succeeded", 2000),
+                ("failed", 0),
+                ("errored", 0),
+                ("timeout", 0),
+            ] {
+                assert_eq!(
+                    get(label),
+                    Some(want),
+                    "{scheme}: requests {label}: {counts:?}\n{out}"
+                );
+            }
+            assert!(out.contains("status codes: 2000 2xx"), "{out}");
+            seen += 2000;
+            let reqs = s.origin.wait_requests(seen, Duration::from_secs(10));
+            assert_eq!(reqs.len(), seen, "{scheme}: the origin got every request");
+            assert!(reqs[seen - 2000..]
+                .iter()
+                .all(|r| r.head.target_str() == format!("/_matrix/client/versions?via={scheme}")));
         }
-        assert!(out.contains("status codes: 2000 2xx"), "{out}");
-        assert_eq!(
-            s.origin.wait_requests(2000, Duration::from_secs(10)).len(),
-            2000
-        );
     });
 }
 
