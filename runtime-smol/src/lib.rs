@@ -11,6 +11,7 @@
 
 mod acme;
 mod driver;
+mod h2driver;
 mod listener;
 mod metrics;
 mod proxied;
@@ -56,7 +57,34 @@ pub(crate) struct Generation {
     pub listener_metrics: Vec<ListenerMetrics>,
     pub upstreams: Upstreams,
     /// For https listeners.
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<Acceptors>,
+}
+
+/// The TLS acceptors of a generation: one offering `h2` and `http/1.1` by ALPN, for
+/// listeners with `http2` (the default), one offering `http/1.1` alone. Both resolve
+/// certificates through the same [`Certificates`], so a reload of those reaches both.
+#[derive(Clone)]
+pub(crate) struct Acceptors {
+    http1: TlsAcceptor,
+    h2: TlsAcceptor,
+}
+
+impl Acceptors {
+    pub fn new(certs: &Arc<Certificates>) -> Result<Acceptors, mxgate_std::support::tls::TlsError> {
+        Ok(Acceptors {
+            http1: TlsAcceptor::from(certs.server_config(false)?),
+            h2: TlsAcceptor::from(certs.server_config(true)?),
+        })
+    }
+
+    /// The acceptor for a listener that does (or does not) offer HTTP/2.
+    pub fn for_listener(&self, offers_h2: bool) -> &TlsAcceptor {
+        if offers_h2 {
+            &self.h2
+        } else {
+            &self.http1
+        }
+    }
 }
 
 impl Generation {
@@ -153,10 +181,7 @@ impl Server {
             _ => None,
         };
         let tls = match &certs {
-            Some(certs) => Some(TlsAcceptor::from(
-                // h2 not yet driven: offer only http/1.1 (the lead flips this when wiring)
-                certs.server_config(false).context("cannot set up TLS")?,
-            )),
+            Some(certs) => Some(Acceptors::new(certs).context("cannot set up TLS")?),
             None => None,
         };
         // Sockets the service manager passed (socket activation) first, the rest bound now.

@@ -4,7 +4,7 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_rustls::TlsAcceptor;
 use mxgate_core::config::Scheme;
@@ -151,16 +151,23 @@ struct Accepted {
 /// pointer, and the opening (PROXY header, TLS handshake) is boxed and gone before the first
 /// request (an async fn keeps its arguments, and every opening state, in the task).
 async fn connection(accepted: Box<Accepted>) {
-    let Some(opened) = Box::pin(open(accepted)).await else {
+    let Some((opened, h2)) = Box::pin(open(accepted)).await else {
         return;
     };
+    if h2 {
+        // Boxed: an HTTP/2 connection's state stays out of every HTTP/1.1 task.
+        let mut driver = Box::new(crate::h2driver::H2Driver::new(opened));
+        Box::pin(driver.run()).await;
+        return;
+    }
     let mut driver = driver::Driver::new(opened);
     driver.run().await;
 }
 
-/// The opening of a connection; `None` when the connection was refused or its handshake
-/// failed.
-async fn open(accepted: Box<Accepted>) -> Option<driver::Opened> {
+/// The opening of a connection, and whether it speaks HTTP/2 (ALPN `h2`, or the preface
+/// on a plain listener that accepts prior knowledge); `None` when the connection was
+/// refused or its handshake failed.
+async fn open(accepted: Box<Accepted>) -> Option<(driver::Opened, bool)> {
     let Accepted {
         shared,
         generation,
@@ -178,25 +185,41 @@ async fn open(accepted: Box<Accepted>) -> Option<driver::Opened> {
     let peer =
         crate::proxied::client_address(&shared, &generation, listener, &stream, peer).await?;
     let scheme = generation.config.listeners.get(listener).map(|l| l.scheme);
+    let offers_h2 = generation
+        .config
+        .listeners
+        .get(listener)
+        .is_some_and(|l| l.http2);
+    let mut h2 = false;
     let client = match (scheme, &generation.tls) {
-        (Some(Scheme::Https), Some(acceptor)) => {
+        (Some(Scheme::Https), Some(acceptors)) => {
+            let acceptor = acceptors.for_listener(offers_h2);
             match handshake(acceptor, stream, &shared, &generation).await {
                 // A TLS-ALPN-01 validation: the handshake was the whole answer (RFC 8737).
                 Some(tls) if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) => {
                     tracing::debug!(%peer, "TLS-ALPN-01 challenge handshake answered");
                     return None;
                 }
-                Some(tls) => ClientStream::Tls(Box::new(tls)),
+                Some(tls) => {
+                    h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    ClientStream::Tls(Box::new(tls))
+                }
                 None => {
                     metrics.tls_failures.inc();
                     return None;
                 }
             }
         }
-        _ => ClientStream::Plain(stream),
+        _ => {
+            if offers_h2 {
+                let limit = generation.config.timeouts.client_header;
+                h2 = starts_with_preface(&stream, limit).await;
+            }
+            ClientStream::Plain(stream)
+        }
     };
     tracing::trace!(%peer, listener, "connection open");
-    Some(driver::Opened {
+    let opened = driver::Opened {
         shared,
         generation,
         listener,
@@ -206,7 +229,41 @@ async fn open(accepted: Box<Accepted>) -> Option<driver::Opened> {
             _permit: permit,
             _open: open,
         },
-    })
+    };
+    Some((opened, h2))
+}
+
+/// Whether a plain connection begins with the HTTP/2 preface (prior knowledge), looking
+/// without consuming: anything else is left whole for the HTTP/1.1 engine. Bounded by
+/// `limit`; a client that sends a part of the preface and stops is left to HTTP/1.1 too
+/// (which refuses it).
+async fn starts_with_preface(stream: &Async<TcpStream>, limit: Duration) -> bool {
+    let preface = mxgate_core::http2::PREFACE;
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 24];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero()
+            || crate::stream::bounded(stream.readable(), left)
+                .await
+                .is_err()
+        {
+            return false;
+        }
+        let n = match stream.get_ref().peek(&mut buf) {
+            Ok(n) if n > 0 => n,
+            _ => return false,
+        };
+        if buf[..n] != preface[..n] {
+            return false;
+        }
+        if n == preface.len() {
+            return true;
+        }
+        // A part of the preface: the rest is on its way (readiness would report the bytes
+        // already there again, so wait a moment instead).
+        Timer::after(Duration::from_millis(2)).await;
+    }
 }
 
 /// The TLS handshake, bounded by `timeouts.tls_handshake` and abandoned on shutdown.

@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use async_signal::Signals;
-use futures_rustls::TlsAcceptor;
 use mxgate_core::config::Scheme;
 use mxgate_core::Config;
 use mxgate_std::support::reload::{self, Carried};
@@ -193,10 +192,7 @@ impl Reloader {
         }
         let tls = match (&certs, &current.tls) {
             (Some(_), Some(acceptor)) => Some(acceptor.clone()),
-            (Some(certs), None) => Some(TlsAcceptor::from(
-                // h2 not yet driven: offer only http/1.1 (the lead flips this when wiring)
-                certs.server_config(false).context("cannot set up TLS")?,
-            )),
+            (Some(certs), None) => Some(crate::Acceptors::new(certs).context("cannot set up TLS")?),
             (None, _) => None,
         };
 

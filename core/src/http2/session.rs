@@ -141,7 +141,7 @@ impl Session {
         seed: u64,
         now: Instant,
     ) -> Self {
-        let h2 = H2::new(super::Limits::default(), now); // config.http2 once the table lands
+        let h2 = H2::new(config.http2.clone(), now);
         let mut session = Session {
             config,
             listener,
