@@ -559,7 +559,17 @@ fn chromium_fetches_60_in_parallel_on_one_h2_connection() {
         let dir = workdir();
         let port = s.proxy.client_tls().port();
         let netlog = dir.path().join("netlog.json");
-        let before = metrics(metrics_port);
+        // The harness's readiness probe connected once to each listener: wait until mxgate
+        // has counted it, so that the difference below is Chromium's alone.
+        let mut before = String::new();
+        let probed = wait_until(Duration::from_secs(10), || {
+            before = metrics(metrics_port);
+            metric_sum(&before, "mxgate_connections_total", "browser") >= 1
+        });
+        assert!(
+            probed,
+            "the readiness probe's connection is never counted:\n{before}"
+        );
         let mut cmd = Command::new(&chromium);
         cmd.args([
             "--headless=new",
