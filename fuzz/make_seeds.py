@@ -192,3 +192,24 @@ for name, frames in H2_SEEDS.items():
 # What python-hyper's h2 sends (core's interop fixture), after its preface.
 with open(os.path.join(HERE, "..", "core", "src", "http2", "testdata", "client_h2.bin"), "rb") as f:
     write("h2_frames", "python_h2", bytes([0b10011110]) + f.read()[24:])
+
+# h2_proxy: the same format, through the whole proxy to in-memory upstreams (flags: piece
+# size, chunked answers, answers before the body ends, cut answers, time, shutdown).
+H2_PROXY_SEEDS = {
+    "get": H2_ACK + h2_frame(1, 5, 1, h2_get(b"/_matrix/client/versions")),
+    "odd_path": H2_ACK + h2_frame(1, 5, 1, h2_get(b"/_matrix/client/v3/rooms/%21a%3Ab/state/x/%2F?q=%2e%2E&r=a+b")),
+    "post_chunked": H2_ACK + h2_frame(1, 4, 1, h2_get(b"/_matrix/client/v3/login", b"POST"))
+    + h2_frame(0, 0, 1, b"{\"a\":") + h2_frame(0, 1, 1, b"1}"),
+    "post_length": H2_ACK + h2_frame(1, 4, 1, h2_get(b"/_matrix/media/v3/upload", b"PUT", [(b"content-length", b"3")]))
+    + h2_frame(0, 1, 1, b"abc"),
+    "too_large": H2_ACK + h2_frame(1, 4, 1, h2_get(b"/_matrix/media/v3/upload", b"POST", [(b"content-length", b"5000")]))
+    + h2_frame(0, 0, 1, b"x" * 700),
+    "three_streams": H2_ACK + b"".join(h2_frame(1, 5, i, h2_get(b"/_matrix/client/v3/sync?since=" + bytes([48 + i]))) for i in (1, 3, 5))
+    + h2_frame(3, 0, 3, b"\0\0\0\x08"),
+    "local_answers": H2_ACK + h2_frame(1, 5, 1, h2_get(b"/health")) + h2_frame(1, 5, 3, h2_get(b"/.well-known/matrix/client"))
+    + h2_frame(1, 5, 5, h2_get(b"/_synapse/admin/v1/users")),
+}
+for name, frames in H2_PROXY_SEEDS.items():
+    write("h2_proxy", name, bytes([0b00000111]) + frames)
+    write("h2_proxy", name + "_chunked_early", bytes([0b00011011]) + frames)
+    write("h2_proxy", name + "_cut_bytewise", bytes([0b01100000]) + frames)

@@ -13,7 +13,7 @@ SECONDS_PER_TARGET=${1:-60}
 shift || true
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-    TARGETS=(request_stream uri_preservation framing_agreement response_stream h2_frames)
+    TARGETS=(request_stream uri_preservation framing_agreement response_stream h2_frames h2_proxy)
 fi
 
 if ! cargo afl --version 2>/dev/null | grep -q "$CARGO_AFL_VERSION"; then

@@ -1,8 +1,10 @@
-//! mxgate-core: a sans-IO HTTP/1.1 reverse-proxy engine for Matrix homeservers.
+//! mxgate-core: a sans-IO reverse-proxy engine for Matrix homeservers (HTTP/1.1 and
+//! HTTP/2 to clients, HTTP/1.1 upstream).
 //!
 //! No sockets, files, threads, clocks or async here: bytes and events go in, decisions
 //! and bytes come out, and time is passed in. [`Connection`] states the contract a runtime
-//! follows; [`config`] holds the validated configuration and its TOML file format.
+//! follows ([`Http2Session`] the same for an HTTP/2 client connection); [`config`] holds
+//! the validated configuration and its TOML file format.
 
 mod answer;
 pub mod config;

@@ -1,5 +1,5 @@
 //! Replays every file under `fuzz/regressions/<target>/` through that fuzz target's own
-//! invariants: the fuzz crate's shared files (`fuzz/src/{wire,driver,targets,h2}.rs`) are
+//! invariants: the fuzz crate's shared files (`fuzz/src/{wire,driver,targets,h2,h2proxy}.rs`) are
 //! compiled into this test, with `mx` naming the core's API as the fuzz crate's does. (An
 //! integration test: it reads files, which the engine itself never does.)
 
@@ -17,6 +17,9 @@ mod driver;
 #[allow(dead_code)]
 #[path = "../../fuzz/src/h2.rs"]
 mod h2;
+#[allow(dead_code)]
+#[path = "../../fuzz/src/h2proxy.rs"]
+mod h2proxy;
 #[allow(dead_code)]
 #[path = "../../fuzz/src/targets.rs"]
 mod targets;

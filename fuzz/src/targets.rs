@@ -18,6 +18,7 @@ pub fn by_name(name: &str) -> Option<fn(&[u8])> {
         "framing_agreement" => framing_agreement,
         "response_stream" => response_stream,
         "h2_frames" => super::h2::h2_frames,
+        "h2_proxy" => super::h2proxy::h2_proxy,
         _ => return None,
     })
 }

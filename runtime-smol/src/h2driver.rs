@@ -56,6 +56,8 @@ pub(crate) struct H2Driver {
     client_queue: VecDeque<Bytes>,
     client_eof: bool,
     client_broken: bool,
+    /// Which side the next wait looks at first.
+    client_first: bool,
     ups: Vec<Up>,
     shutdown_key: Option<usize>,
     shutdown_seen: bool,
@@ -92,6 +94,7 @@ impl H2Driver {
             client_queue: VecDeque::new(),
             client_eof: false,
             client_broken: false,
+            client_first: false,
             ups: Vec::new(),
             shutdown_key: None,
             shutdown_seen: false,
@@ -276,84 +279,21 @@ impl H2Driver {
         told
     }
 
-    /// Waits for the first thing that happens and feeds it to the session.
+    /// Waits for the first thing that happens and feeds it to the session. The client and
+    /// the upstreams take turns at being looked at first, so neither starves the other.
     fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.client_first = !self.client_first;
+        let ready = match self.client_first {
+            true => self.poll_client(cx) || self.poll_upstreams(cx),
+            false => {
+                let upstream = self.poll_upstreams(cx);
+                upstream || self.poll_client(cx)
+            }
+        };
+        if ready {
+            return Poll::Ready(());
+        }
         let now = Instant::now;
-        // The client.
-        if !self.client_eof && self.session.wants_client_read() {
-            if let Poll::Ready(result) = Pin::new(&mut self.client).poll_read(cx, &mut self.buf) {
-                match result {
-                    Ok(0) | Err(_) => {
-                        self.client_eof = true;
-                        self.session.handle_client_eof(now());
-                    }
-                    Ok(n) => {
-                        if let Some(m) = self.generation.listener_metrics.get(self.listener) {
-                            m.bytes_in.inc_by(n as u64);
-                        }
-                        self.session.handle_client_data(&self.buf[..n], now());
-                    }
-                }
-                return Poll::Ready(());
-            }
-        }
-        // The upstreams.
-        for i in 0..self.ups.len() {
-            let stream = self.ups[i].stream;
-            let wants_read = self.session.wants_upstream_read(stream);
-            let up = &mut self.ups[i];
-            match &mut up.state {
-                UpState::Connecting(fut) => {
-                    if let Poll::Ready(result) = fut.as_mut().poll(cx) {
-                        match result {
-                            Ok(conn) => {
-                                up.state = UpState::Connected(conn);
-                                self.session.handle_upstream_connected(stream, false, now());
-                            }
-                            Err(err) => {
-                                tracing::debug!(error = %err, "upstream connect failed");
-                                self.ups.swap_remove(i);
-                                self.session.handle_upstream_failed(stream, now());
-                            }
-                        }
-                        return Poll::Ready(());
-                    }
-                }
-                UpState::Connected(conn) => {
-                    if !up.queue.is_empty()
-                        && !up.broken
-                        && conn.stream.poll_writable(cx).is_ready()
-                    {
-                        return Poll::Ready(()); // `flush_upstreams` writes it
-                    }
-                    if wants_read && !up.eof {
-                        if let Poll::Ready(result) =
-                            Pin::new(&mut conn.stream).poll_read(cx, &mut self.buf)
-                        {
-                            match result {
-                                Ok(0) => {
-                                    up.eof = true;
-                                    self.session.handle_upstream_eof(stream, now());
-                                }
-                                Err(err) => {
-                                    tracing::debug!(upstream = %conn.addr, error = %err, "upstream read failed");
-                                    up.eof = true;
-                                    self.session.handle_upstream_eof(stream, now());
-                                }
-                                Ok(n) => {
-                                    self.session.handle_upstream_data(
-                                        stream,
-                                        &self.buf[..n],
-                                        now(),
-                                    );
-                                }
-                            }
-                            return Poll::Ready(());
-                        }
-                    }
-                }
-            }
-        }
         // The deadline.
         if self.armed.is_some() && Pin::new(&mut self.timer).poll(cx).is_ready() {
             self.armed = None;
@@ -384,6 +324,94 @@ impl H2Driver {
             }
         }
         Poll::Pending
+    }
+
+    /// Reads the client if it is ready; `true` when something was fed.
+    fn poll_client(&mut self, cx: &mut Context<'_>) -> bool {
+        let now = Instant::now;
+        // The client.
+        if !self.client_eof && self.session.wants_client_read() {
+            if let Poll::Ready(result) = Pin::new(&mut self.client).poll_read(cx, &mut self.buf) {
+                match result {
+                    Ok(0) | Err(_) => {
+                        self.client_eof = true;
+                        self.session.handle_client_eof(now());
+                    }
+                    Ok(n) => {
+                        if let Some(m) = self.generation.listener_metrics.get(self.listener) {
+                            m.bytes_in.inc_by(n as u64);
+                        }
+                        self.session.handle_client_data(&self.buf[..n], now());
+                    }
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Connects, writes or reads whichever upstream is ready; `true` when something was fed
+    /// (or a write can go on).
+    fn poll_upstreams(&mut self, cx: &mut Context<'_>) -> bool {
+        let now = Instant::now;
+        // The upstreams.
+        for i in 0..self.ups.len() {
+            let stream = self.ups[i].stream;
+            let wants_read = self.session.wants_upstream_read(stream);
+            let up = &mut self.ups[i];
+            match &mut up.state {
+                UpState::Connecting(fut) => {
+                    if let Poll::Ready(result) = fut.as_mut().poll(cx) {
+                        match result {
+                            Ok(conn) => {
+                                up.state = UpState::Connected(conn);
+                                self.session.handle_upstream_connected(stream, false, now());
+                            }
+                            Err(err) => {
+                                tracing::debug!(error = %err, "upstream connect failed");
+                                self.ups.swap_remove(i);
+                                self.session.handle_upstream_failed(stream, now());
+                            }
+                        }
+                        return true;
+                    }
+                }
+                UpState::Connected(conn) => {
+                    if !up.queue.is_empty()
+                        && !up.broken
+                        && conn.stream.poll_writable(cx).is_ready()
+                    {
+                        return true; // `flush_upstreams` writes it
+                    }
+                    if wants_read && !up.eof {
+                        if let Poll::Ready(result) =
+                            Pin::new(&mut conn.stream).poll_read(cx, &mut self.buf)
+                        {
+                            match result {
+                                Ok(0) => {
+                                    up.eof = true;
+                                    self.session.handle_upstream_eof(stream, now());
+                                }
+                                Err(err) => {
+                                    tracing::debug!(upstream = %conn.addr, error = %err, "upstream read failed");
+                                    up.eof = true;
+                                    self.session.handle_upstream_eof(stream, now());
+                                }
+                                Ok(n) => {
+                                    self.session.handle_upstream_data(
+                                        stream,
+                                        &self.buf[..n],
+                                        now(),
+                                    );
+                                }
+                            }
+                            return true;
+                        }
+                    }
+                }
+            }
+        }
+        false
     }
 
     /// New streams follow a reloaded configuration; streams in flight finish on theirs. A

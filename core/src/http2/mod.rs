@@ -42,6 +42,7 @@
 //! | `abuse` | per-window counters of costly frames |
 //! | `limits` | every bound, with defaults and reasons |
 //! | `connection` | the connection: frames in, events and frames out |
+//! | `session` | the proxy's HTTP/2 client connection: this engine plus one exchange per stream |
 
 mod abuse;
 mod connection;
