@@ -248,11 +248,26 @@ class Flow:
                 f"long-poll's connection (local port {r.local_port}); long-poll 200 after {r.elapsed_s:.1f} s")
 
     async def step_too_large(self):
+        """50 MiB + 1 byte, announced by Content-Length: mxgate answers 413 at once and drops
+        the rest of the body (it lingers) while httpcore, which reads no answer before its
+        body is sent, keeps writing. The body goes as 64 KiB pieces: given one 50 MiB bytes
+        object, httpcore re-slices the remainder for every 16 KiB frame (quadratic copying,
+        ~300 KB/s), slower than any lingering bound."""
         a = self.users["a"]
-        body = os.urandom(MIB) * 50 + b"!"
+        size = MAX_UPLOAD + 1
+        block = os.urandom(64 * 1024)
+
+        async def pieces():
+            left = size
+            while left:
+                piece = block[:min(left, len(block))]
+                left -= len(piece)
+                yield piece
+
         t0 = time.monotonic()
-        r = await self.call("POST", "/_matrix/media/v3/upload?filename=too-big.bin", token=a["token"], content=body,
-                      headers={"Content-Type": "application/octet-stream"}, expect=413)
+        r = await self.call("POST", "/_matrix/media/v3/upload?filename=too-big.bin", token=a["token"],
+                            content=pieces(), expect=413,
+                            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)})
         try:
             j = r.json()
         except ValueError:
