@@ -108,7 +108,9 @@ impl H2Driver {
     pub(crate) async fn run(&mut self) {
         loop {
             self.perform_outputs();
-            self.flush_client().await;
+            if self.flush_client().await {
+                continue; // the session was told the client is gone: perform what it says
+            }
             if self.session.is_closed() {
                 break;
             }
@@ -214,14 +216,15 @@ impl H2Driver {
     }
 
     /// Writes the client's queue, waiting (bounded by `timeouts.send`) when the client is
-    /// slow: its streams wait with it.
-    async fn flush_client(&mut self) {
+    /// slow: its streams wait with it. `true` when a failed write was reported to the
+    /// session as the client's end (its outputs are to be performed before any wait).
+    async fn flush_client(&mut self) -> bool {
         if self.client_queue.is_empty() {
-            return;
+            return false;
         }
         if self.client_broken {
             self.client_queue.clear();
-            return;
+            return false;
         }
         let stall = self.generation.config.timeouts.send;
         match write_queue(&mut self.client, &mut self.client_queue, stall).await {
@@ -233,9 +236,11 @@ impl H2Driver {
                 if !self.client_eof {
                     self.client_eof = true;
                     self.session.handle_client_eof(Instant::now());
+                    return true;
                 }
             }
         }
+        false
     }
 
     fn count_bytes_out(&self, n: u64) {

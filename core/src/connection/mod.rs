@@ -57,7 +57,8 @@ use relay::{ResponseBodyState, ResponseState};
 /// - getters: `wants_client_read`, `wants_upstream_read`, `is_idle`, `is_closed`.
 ///
 /// One exchange is in flight at a time. Pipelined requests wait in a bounded buffer and
-/// are answered in order.
+/// are answered in order. An HTTP/2 client connection ([`crate::Http2Session`]) runs one
+/// of these per stream, in its per-stream mode, so both protocols share every rule.
 pub struct Connection {
     config: Arc<Config>,
     /// A `ListenerId`, stored small (with `exchanges`, it packs with the peer address).

@@ -1,89 +1,27 @@
-//! One client connection. Its thread owns the engine's `Connection`, the client socket with
-//! its rustls session and at most one upstream socket, and writes with blocking writes; two
-//! reader threads read for it, one permitted read at a time (see [`super`]).
+//! One client connection: admission (PROXY header, TLS handshake), the choice between
+//! HTTP/1.1 and HTTP/2 (`super::h2`), and the HTTP/1.1 connection loop. Its thread owns the
+//! engine's `Connection`, the client socket with its rustls session and at most one
+//! upstream socket, and writes with blocking writes; two reader threads read for it, one
+//! permitted read at a time (see [`super`]).
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mxgate_core::config::{canonical_ip, Scheme};
 use mxgate_core::{Connection, ListenerId, Output, PoolId, TimerKind};
-use rustls::{ServerConfig, ServerConnection};
 
+use super::client::{handshake, Client};
+use super::h2;
+use super::reader::{Event, Reader, Side};
 use super::reload::Generation;
 use super::Shared;
 use crate::support::limit::Permit;
 use crate::support::metrics::ListenerMetrics;
 use crate::support::proxy_header::{self, Admission};
 use crate::support::{net, report};
-
-/// Each reader's buffer: the most either side is ever read ahead of the engine.
-const READ_BUF: usize = 32 * 1024;
-
-/// What wakes a connection thread.
-pub(crate) enum Event {
-    /// A permitted read finished (`Ok(0)`: end of stream), handing its buffer back.
-    Read(Side, Box<[u8]>, io::Result<usize>),
-    /// Graceful shutdown began: finish the exchange in flight, then close.
-    Shutdown,
-    /// The drain time is over: close now.
-    Abort,
-    /// A reload installed a new configuration generation.
-    Reload,
-}
-
-/// Which socket a read was of. Upstream connections are numbered, so that a late read of
-/// one already given up is not taken for a read of the next.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Side {
-    Client,
-    Upstream(u64),
-}
-
-type Job = (Arc<TcpStream>, Side, Box<[u8]>);
-
-/// A reader thread, and its buffer while it is not reading.
-struct Reader {
-    jobs: Sender<Job>,
-    buf: Option<Box<[u8]>>,
-    busy: bool,
-}
-
-impl Reader {
-    /// Starts a reader thread. Each job permits one read; the result comes back as an event.
-    fn spawn(events: &Sender<Event>) -> io::Result<Reader> {
-        let (jobs, permits) = mpsc::channel::<Job>();
-        let events = events.clone();
-        thread::Builder::new()
-            .name("mxgate-read".into())
-            .spawn(move || {
-                for (stream, side, mut buf) in permits {
-                    let result = (&*stream).read(&mut buf);
-                    drop(stream); // before reporting: the socket may be pooled at once
-                    if events.send(Event::Read(side, buf, result)).is_err() {
-                        return;
-                    }
-                }
-            })?;
-        let (buf, busy) = (None, false);
-        Ok(Reader { jobs, buf, busy })
-    }
-
-    /// Permits one read of `stream`.
-    fn start(&mut self, stream: &Arc<TcpStream>, side: Side) {
-        let buf = self.buf.take();
-        let buf = buf.unwrap_or_else(|| vec![0; READ_BUF].into());
-        self.busy = self.jobs.send((stream.clone(), side, buf)).is_ok();
-    }
-
-    fn done(&mut self, buf: Box<[u8]>) {
-        self.busy = false;
-        self.buf = Some(buf);
-    }
-}
 
 /// The upstream connection the engine holds.
 struct Upstream {
@@ -106,19 +44,7 @@ struct Driver {
     conn: Connection,
     metrics: ListenerMetrics,
     events: Receiver<Event>,
-    client: Arc<TcpStream>,
-    tls: Option<ServerConnection>,
-    client_reader: Reader,
-    /// Client bytes read (and decrypted) that the engine did not want yet: one read at most.
-    pending: Vec<u8>,
-    /// The client's side ended (EOF, read or TLS error); reported after `pending`.
-    pending_eof: bool,
-    /// EOF was reported to the engine.
-    client_eof: bool,
-    /// A write failed: nothing more is written.
-    client_broken: bool,
-    /// `CloseClient` was performed.
-    client_closed: bool,
+    client: Client,
     up: Option<Upstream>,
     up_reader: Reader,
     upstreams_opened: u64,
@@ -156,15 +82,17 @@ pub(crate) fn serve(
         }
         Err(err) => Err(err),
     };
-    let client = match admitted {
+    let client_addr = match admitted {
         Ok(client) => client,
         Err(err) => {
             tracing::debug!(%peer, error = %err, "connection refused on a PROXY protocol listener");
             return;
         }
     };
-    let https = generation.config.listeners[listener].scheme == Scheme::Https;
-    let (tls, pending) = match generation.tls.as_ref().filter(|_| https) {
+    let offers = &generation.config.listeners[listener];
+    let https = offers.scheme == Scheme::Https;
+    let tls_config = generation.tls.as_ref().filter(|_| https);
+    let (tls, pending) = match tls_config.map(|t| t.for_listener(offers.http2)) {
         None => (None, Vec::new()),
         Some(config) => match handshake(config, &tcp, timeouts.tls_handshake) {
             Ok((tls, early)) => (Some(tls), early),
@@ -175,14 +103,52 @@ pub(crate) fn serve(
             }
         },
     };
+    // Prior knowledge of HTTP/2 on a plain listener that allows it: told by the first
+    // bytes (nothing is consumed).
+    let http2 = match tls.as_ref() {
+        Some(tls) => tls.alpn_protocol() == Some(b"h2"),
+        None if offers.http2 => {
+            match h2::preface_follows(&tcp, timeouts.client_header, || shared.is_stopping()) {
+                Ok(http2) => http2,
+                Err(err) => {
+                    tracing::debug!(%peer, error = %err, "no request came");
+                    return;
+                }
+            }
+        }
+        None => false,
+    };
     let (events_tx, events) = mpsc::channel();
     let _registered = shared.register(events_tx.clone());
     // A write to the client must make progress within the send timeout: a client that stops
     // reading a large response gets its connection closed, and the upstream one with it.
     let ready = tcp.set_write_timeout(Some(timeouts.send));
-    let readers = ready.and_then(|()| Ok((Reader::spawn(&events_tx)?, Reader::spawn(&events_tx)?)));
-    let (client_reader, up_reader) = match readers {
-        Ok(readers) => readers,
+    let reader = ready.and_then(|()| Reader::spawn(&events_tx));
+    let client = match reader {
+        Ok(reader) => Client::new(tcp, tls, pending, reader),
+        Err(err) => {
+            tracing::warn!(%peer, error = %err, "cannot start a connection");
+            return;
+        }
+    };
+    // Registered first, then checked: a shutdown is never missed.
+    if shared.is_stopping() {
+        let _ = events_tx.send(Event::Shutdown);
+    }
+    let client_ip = canonical_ip(client_addr.ip());
+    if http2 {
+        return h2::serve(
+            shared.clone(),
+            generation,
+            listener,
+            client,
+            client_ip,
+            events_tx,
+            events,
+        );
+    }
+    let up_reader = match Reader::spawn(&events_tx) {
+        Ok(reader) => reader,
         Err(err) => {
             tracing::warn!(%peer, error = %err, "cannot start a connection");
             return;
@@ -192,7 +158,7 @@ pub(crate) fn serve(
     let conn = Connection::new(
         generation.config.clone(),
         listener,
-        canonical_ip(client.ip()),
+        client_ip,
         seed,
         Instant::now(),
     );
@@ -203,14 +169,7 @@ pub(crate) fn serve(
         conn,
         metrics,
         events,
-        client: Arc::new(tcp),
-        tls,
-        client_reader,
-        pending,
-        pending_eof: false,
-        client_eof: false,
-        client_broken: false,
-        client_closed: false,
+        client,
         up: None,
         up_reader,
         upstreams_opened: 0,
@@ -219,41 +178,7 @@ pub(crate) fn serve(
         had_input: false,
         fired: None,
     };
-    // Registered first, then checked: a shutdown is never missed.
-    if shared.is_stopping() {
-        let _ = events_tx.send(Event::Shutdown);
-    }
     driver.run();
-}
-
-/// The TLS handshake in blocking mode, bounded by `limit` overall. Also returns the
-/// application data that arrived with its end.
-fn handshake(
-    config: &Arc<ServerConfig>,
-    tcp: &TcpStream,
-    limit: Duration,
-) -> io::Result<(ServerConnection, Vec<u8>)> {
-    let mut tls = ServerConnection::new(config.clone()).map_err(io::Error::other)?;
-    let deadline = Instant::now() + limit;
-    while tls.is_handshaking() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        tcp.set_read_timeout(Some(left))?;
-        tcp.set_write_timeout(Some(left))?;
-        if tls.complete_io(&mut &*tcp)? == (0, 0) {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-    // From now on reads block until data arrives or the socket is shut down.
-    tcp.set_read_timeout(None)?;
-    // Outgoing records are bounded by what the engine hands over in one output.
-    tls.set_buffer_limit(None);
-    let mut early = Vec::new();
-    // Normally WouldBlock (nothing more yet); an early close shows up on the next read.
-    let _ = tls.reader().read_to_end(&mut early);
-    Ok((tls, early))
 }
 
 impl Driver {
@@ -301,14 +226,7 @@ impl Driver {
                     self.fired = deadline;
                     self.conn.handle_timeout(now);
                 }
-                Ok(Event::Read(Side::Client, buf, result)) => {
-                    let n = result.unwrap_or_else(|err| {
-                        tracing::debug!(error = %err, "client read failed");
-                        0
-                    });
-                    self.client_input(&buf[..n]);
-                    self.client_reader.done(buf);
-                }
+                Ok(Event::Read(Side::Client, buf, result)) => self.client.read_done(buf, result),
                 Ok(Event::Read(side, buf, result)) => {
                     self.upstream_input(side, &buf, result, now);
                     self.up_reader.done(buf);
@@ -317,7 +235,8 @@ impl Driver {
                     // A request already sent (bytes waiting, or read and not fed yet) is
                     // served first, and a connection accepted a moment ago gets a short
                     // grace to send its first: closing now would lose it.
-                    let sent = !self.pending.is_empty() || net::pending_input(&self.client);
+                    let sent =
+                        !self.client.pending.is_empty() || net::pending_input(&self.client.stream);
                     if self.conn.is_idle() && (sent || !self.had_input) {
                         self.shutdown_deferred = Some(now + net::SHUTDOWN_GRACE);
                     } else {
@@ -325,6 +244,7 @@ impl Driver {
                     }
                 }
                 Ok(Event::Reload) => {} // followed at the top of the loop
+                Ok(Event::Connected { .. }) => {} // not asked for on HTTP/1.1
                 // Disconnected cannot happen: the shutdown registry holds a sender.
                 Ok(Event::Abort) | Err(RecvTimeoutError::Disconnected) => return self.finish(),
             }
@@ -370,8 +290,7 @@ impl Driver {
 
     fn wants_client(&self) -> bool {
         // After `CloseClient` only the write side is shut: a lingering engine still reads.
-        let ended = self.client_eof || self.pending_eof;
-        !ended && self.conn.wants_client_read()
+        !self.client.ended() && self.conn.wants_client_read()
     }
 
     fn wants_upstream(&self) -> bool {
@@ -387,60 +306,28 @@ impl Driver {
 
     /// Permits a read on each side the engine wants read, unless one is under way.
     fn start_reads(&mut self) {
-        if self.wants_client() && self.pending.is_empty() && !self.client_reader.busy {
-            self.client_reader.start(&self.client, Side::Client);
-        }
+        self.client.start_read(self.wants_client());
         if let Some(up) = self.up.as_ref().filter(|_| self.wants_upstream()) {
-            if !self.up_reader.busy {
+            if !self.up_reader.busy() {
                 self.up_reader.start(&up.stream, up.side);
             }
-        }
-    }
-
-    /// Raw bytes from the client socket (none: it ended), decrypted on TLS, into `pending`.
-    fn client_input(&mut self, raw: &[u8]) {
-        let Some(tls) = self.tls.as_mut() else {
-            self.pending.extend_from_slice(raw);
-            self.pending_eof |= raw.is_empty();
-            return;
-        };
-        let mut rest = raw;
-        while !self.pending_eof {
-            let before = rest.len();
-            // Reading an empty slice records the end of the stream.
-            let read = tls.read_tls(&mut rest);
-            let processed = read.and_then(|_| tls.process_new_packets().map_err(io::Error::other));
-            match processed.and_then(|_| tls.reader().read_to_end(&mut self.pending)) {
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Ok(_) => self.pending_eof = true, // close_notify
-                Err(err) => {
-                    tracing::debug!(error = %err, "TLS stream from the client ended");
-                    self.pending_eof = true;
-                }
-            }
-            if rest.is_empty() || rest.len() == before {
-                break;
-            }
-        }
-        // Alerts and key updates.
-        if self.flush_tls().is_err() {
-            self.client_broken = true;
         }
     }
 
     /// Hands `pending` (or the end of the client's stream) to the engine if it wants it.
     fn feed_client(&mut self) -> bool {
         let now = Instant::now();
-        if self.client_eof || (!self.pending.is_empty() && !self.conn.wants_client_read()) {
+        let client = &mut self.client;
+        if client.eof || (!client.pending.is_empty() && !self.conn.wants_client_read()) {
             false
-        } else if !self.pending.is_empty() {
+        } else if !client.pending.is_empty() {
             self.had_input = true;
-            self.metrics.bytes_in.inc_by(self.pending.len() as u64);
-            self.conn.handle_client_data(&self.pending, now);
-            self.pending.clear();
+            self.metrics.bytes_in.inc_by(client.pending.len() as u64);
+            self.conn.handle_client_data(&client.pending, now);
+            client.pending.clear();
             true
-        } else if self.pending_eof {
-            self.client_eof = true;
+        } else if client.pending_eof {
+            client.eof = true;
             self.conn.handle_client_eof(now);
             true
         } else {
@@ -479,7 +366,7 @@ impl Driver {
                         fresh,
                     } => connect = Some((pool, backend, fresh)),
                     Output::ReleaseUpstream { reusable } => self.release_upstream(reusable),
-                    Output::CloseClient => self.close_client(),
+                    Output::CloseClient => self.client.close(),
                     report @ (Output::AccessLog(_)
                     | Output::ExchangeDone(_)
                     | Output::UpstreamFault { .. }) => {
@@ -490,8 +377,8 @@ impl Driver {
                 }
             }
             let now = Instant::now();
-            if self.client_broken && !self.client_eof {
-                self.client_eof = true;
+            if self.client.broken && !self.client.eof {
+                self.client.eof = true;
                 self.conn.handle_client_eof(now);
             } else if let Some(up) = self.up.as_mut().filter(|up| up.broken && !up.eof) {
                 up.eof = true;
@@ -505,27 +392,9 @@ impl Driver {
     }
 
     fn write_client(&mut self, bytes: &[u8]) {
-        if self.client_broken || self.client_closed {
-            return;
-        }
-        let written = match self.tls.as_mut() {
-            None => (&*self.client).write_all(bytes),
-            Some(tls) => tls.writer().write_all(bytes), // buffered (no limit), then flushed
-        };
-        if let Err(err) = written.and_then(|()| self.flush_tls()) {
-            tracing::debug!(error = %err, "client write failed");
-            self.client_broken = true;
-        } else {
+        if self.client.write(bytes) {
             self.metrics.bytes_out.inc_by(bytes.len() as u64);
         }
-    }
-
-    /// Writes out the TLS records rustls has queued.
-    fn flush_tls(&mut self) -> io::Result<()> {
-        while let Some(tls) = self.tls.as_mut().filter(|tls| tls.wants_write()) {
-            tls.write_tls(&mut &*self.client)?;
-        }
-        Ok(())
     }
 
     fn write_upstream(&mut self, bytes: &[u8]) {
@@ -593,20 +462,6 @@ impl Driver {
         }
     }
 
-    /// Sends TLS close_notify and the FIN after everything written so far.
-    fn close_client(&mut self) {
-        if std::mem::replace(&mut self.client_closed, true) || self.client_broken {
-            return;
-        }
-        if let Some(tls) = self.tls.as_mut() {
-            tls.send_close_notify();
-        }
-        let closed = self.flush_tls();
-        if let Err(err) = closed.and_then(|()| self.client.shutdown(Shutdown::Write)) {
-            tracing::debug!(error = %err, "closing the client connection failed");
-        }
-    }
-
     fn begin_shutdown(&mut self, now: Instant) {
         if !std::mem::replace(&mut self.shutting_down, true) {
             self.conn.begin_shutdown(now);
@@ -619,13 +474,12 @@ impl Driver {
         if let Some(up) = self.up.take() {
             close_upstream(up.stream);
         }
-        self.close_client();
         // Ends a read under way; the reader threads exit as their job channels close.
-        let _ = self.client.shutdown(Shutdown::Both);
+        self.client.finish();
     }
 }
 
 /// Closes an upstream socket, ending a read under way on it.
-fn close_upstream(stream: Arc<TcpStream>) {
+pub(crate) fn close_upstream(stream: Arc<TcpStream>) {
     let _ = stream.shutdown(Shutdown::Both);
 }

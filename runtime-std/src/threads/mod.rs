@@ -20,6 +20,13 @@
 //!   (backpressure), and nothing is allocated per read. The client reader reads raw TCP;
 //!   TLS is decrypted on the connection thread, so the rustls session is never shared.
 //!   Shutting a socket down ends a read under way on it.
+//! - **HTTP/2** (`h2.rs`): a TLS connection that negotiated `h2` by ALPN, or a plain one
+//!   on a listener with `http2 = true` whose first bytes are the connection preface (told
+//!   by `peek`, nothing consumed), runs `mxgate_core::Http2Session` instead. Each stream
+//!   that asks for an upstream gets its own connection, obtained on a short-lived helper
+//!   thread and read by its own reader thread (numbered, so a late read of a released one
+//!   is ignored): a long-poll on one stream never holds up another. Writes stay blocking
+//!   on the connection thread, each bounded by `timeouts.send`.
 //! - **Lingering close.** After `CloseClient`: close_notify, `shutdown(Write)`, then client
 //!   bytes are discarded for up to 2 s or until EOF, so that a client still sending a body
 //!   reads the error response instead of a reset.
@@ -32,7 +39,10 @@
 //!   any; `READY=1`, `RELOADING=1`, `STOPPING=1` and `STATUS=` are sent
 //!   (`support::systemd`).
 
+mod client;
 mod connection;
+mod h2;
+mod reader;
 mod reload;
 mod upstream;
 
@@ -54,8 +64,8 @@ use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use self::connection::Event;
-use self::reload::{Generation, Listeners};
+use self::reader::Event;
+use self::reload::{Generation, Listeners, Tls};
 use self::upstream::Upstreams;
 use crate::support::health::HealthChecker;
 use crate::support::limit::ConnectionLimit;
@@ -129,8 +139,7 @@ pub fn serve_from(
         true => Some(Certificates::load(&config).context("cannot load the TLS certificates")?),
         false => None,
     };
-    // h2 not yet driven: offer only http/1.1 (the lead flips this when wiring)
-    let tls = certs.as_ref().map(|c| c.server_config(false));
+    let tls = certs.as_ref().map(Tls::new);
     let tls = tls.transpose().context("cannot set up TLS")?;
     // Sockets the service manager passed (socket activation) first, the rest bound now.
     let inherited = systemd::Inherited::from_env();
@@ -429,7 +438,10 @@ fn busy_loop(shared: &Shared, queue: Receiver<(ListenerId, TcpStream)>) {
             .listeners
             .get(listener)
             .is_some_and(|l| l.scheme == Scheme::Https);
-        if let Err(err) = answer_busy(current.tls.as_ref().filter(|_| https), tcp) {
+        if let Err(err) = answer_busy(
+            current.tls.as_ref().map(|t| &t.http1).filter(|_| https),
+            tcp,
+        ) {
             tracing::debug!(error = %err, "answering 503 failed");
         }
     }

@@ -25,7 +25,7 @@ use super::upstream::Upstreams;
 use super::{accept, accept_loop, bind, spawn, Shared};
 use crate::support::metrics::Metrics;
 use crate::support::reload::{self, Carried};
-use crate::support::tls::Certificates;
+use crate::support::tls::{Certificates, TlsError};
 
 /// One configuration and what is built for it (see the module doc).
 pub(crate) struct Generation {
@@ -35,7 +35,34 @@ pub(crate) struct Generation {
     pub metrics: Metrics,
     pub upstreams: Upstreams,
     /// For https listeners.
-    pub tls: Option<Arc<ServerConfig>>,
+    pub tls: Option<Tls>,
+}
+
+/// The rustls configurations of https listeners, both resolving the same certificates.
+#[derive(Clone)]
+pub(crate) struct Tls {
+    /// ALPN `http/1.1` alone.
+    pub http1: Arc<ServerConfig>,
+    /// ALPN `h2`, then `http/1.1`: for listeners with `http2`.
+    pub h2: Arc<ServerConfig>,
+}
+
+impl Tls {
+    pub fn new(certs: &Arc<Certificates>) -> Result<Tls, TlsError> {
+        Ok(Tls {
+            http1: certs.server_config(false)?,
+            h2: certs.server_config(true)?,
+        })
+    }
+
+    /// What a listener with (`http2`) or without HTTP/2 offers.
+    pub fn for_listener(&self, http2: bool) -> &Arc<ServerConfig> {
+        if http2 {
+            &self.h2
+        } else {
+            &self.http1
+        }
+    }
 }
 
 impl Generation {
@@ -166,10 +193,7 @@ impl Listeners {
         }
         let tls = match (&certs, &current.tls) {
             (Some(_), Some(tls)) => Some(tls.clone()),
-            (Some(certs), None) => {
-                // h2 not yet driven: offer only http/1.1 (the lead flips this when wiring)
-                Some(certs.server_config(false).context("cannot set up TLS")?)
-            }
+            (Some(certs), None) => Some(Tls::new(certs).context("cannot set up TLS")?),
             (None, _) => None,
         };
 
