@@ -1,7 +1,8 @@
 //! HTTP/2 through mxgate with real clients, against both runtimes: curl (ALPN over TLS and
-//! prior knowledge on a plain listener), nghttp (many streams on one connection, uploads,
-//! downloads with small windows), h2load (2000 requests, 40 in flight) and headless Chromium
-//! (60 parallel `fetch()`es that must share one HTTP/2 connection, read from its NetLog).
+//! prior knowledge on a plain listener with `http2 = true`; neither where `http2` is off),
+//! nghttp (many streams on one connection, uploads, downloads with small windows), h2load
+//! (2000 requests, 40 in flight, over TLS and h2c) and headless Chromium (60 parallel
+//! `fetch()`es that must share one HTTP/2 connection, read from its NetLog).
 //!
 //! The clients come from `tests/src/tools.rs`: curl and nghttp2's tools from Debian
 //! (unpacked into `target/` when missing), Chromium from `PATH` (it must be installed:
