@@ -274,7 +274,13 @@ fn tls_listener_serves_http11_with_the_configured_certificate() {
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    client_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // A client that speaks only HTTP/1.1 gets it (one offering h2 too gets h2, below).
+    client_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let h2_config = {
+        let mut c = client_config.clone();
+        c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(c)
+    };
     let conn = rustls::ClientConnection::new(
         Arc::new(client_config),
         "matrix.example.com".try_into().unwrap(),
@@ -293,6 +299,17 @@ fn tls_listener_serves_http11_with_the_configured_certificate() {
         );
     }
     assert_eq!(tls.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    drop(tls);
+    let conn =
+        rustls::ClientConnection::new(h2_config, "matrix.example.com".try_into().unwrap()).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(proxy.addr()).unwrap());
+    tls.write_all(mxgate_core::http2::PREFACE).unwrap();
+    tls.flush().unwrap();
+    assert_eq!(
+        tls.conn.alpn_protocol(),
+        Some(&b"h2"[..]),
+        "TLS listeners offer h2 by default"
+    );
     drop(tls);
     proxy.stop();
     std::fs::remove_dir_all(dir).unwrap();
