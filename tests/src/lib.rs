@@ -8,8 +8,10 @@
 //! - [`http`]: the small HTTP/1.1 parsers the origin and the clients share.
 //! - [`runtime`]: which proxy binaries (runtimes) every scenario runs against.
 //! - [`synapse`]: real Synapse processes (and PostgreSQL, Redis) for the `synapse_*` tests.
-//! - [`tools`]: external programs (HAProxy, PostgreSQL, Redis): found, or provisioned into
-//!   `target/` without root on first use.
+//! - [`tools`]: external programs (HAProxy, PostgreSQL, Redis, HTTP/2 clients): found, or
+//!   provisioned into `target/` without root on first use.
+//! - [`external`]: running such a client program to completion within a time limit.
+//! - [`netlog`]: reading Chromium's NetLog (its connections and HTTP/2 sessions).
 //!
 //! Running: `cargo test -p mxgate-e2e` (builds each runtime's binary once per test binary
 //! with a nested `cargo build`). `MXGATE_E2E_RUNTIMES=mxgate,mxgate-std` picks runtimes
@@ -33,7 +35,9 @@
 
 pub mod acme;
 pub mod client;
+pub mod external;
 pub mod http;
+pub mod netlog;
 pub mod origin;
 pub mod pki;
 pub mod proxy;

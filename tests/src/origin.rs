@@ -13,6 +13,7 @@
 //! | `/_matrix/test/big?bytes=N` | 200 with N bytes of [`big_body`], `Content-Length` |
 //! | `/_matrix/test/cut` | `Content-Length: 100000`, 1000 bytes, then close |
 //! | `/_matrix/test/echo-body` | `{"len":N,"sha256":"…"}` of the body it read (CL or chunked) |
+//! | `/_matrix/test/page?n=N` | 200 HTML: [`fetch_page`], a script firing N parallel `fetch()`es |
 //!
 //! Every response carries `X-Origin-Conn` (1-based connection number) and `X-Origin-Seq`
 //! (request number on that connection).
@@ -44,6 +45,41 @@ pub fn big_body_range(start: usize, end: usize) -> Vec<u8> {
     (start..end)
         .map(|i| (i % 251) as u8 ^ (i / 251 % 256) as u8)
         .collect()
+}
+
+/// The HTML page `/_matrix/test/page?n=N` serves: its script fires `n` `fetch()`es of
+/// `/_matrix/test/item?i=<i>` at once (the default JSON answer), writes one line per result
+/// into `<pre id="out">` (`ok <i> <protocol>` or `fail …`/`error …`, the protocol being the
+/// fetch's Resource Timing `nextHopProtocol`, `h2` over HTTP/2), sets the title to
+/// `done <ok>/<n>`, then requests `/_matrix/test/page-done?ok=<ok>&n=<n>` so the test sees
+/// the page finish from the origin's side too.
+pub fn fetch_page(n: usize) -> String {
+    format!(
+        r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>pending</title></head>
+<body><pre id="out"></pre>
+<script>
+const n = {n};
+function protocol(url) {{
+  const e = performance.getEntriesByName(new URL(url, location.href).href);
+  return e.length ? (e[e.length - 1].nextHopProtocol || "none") : "unseen";
+}}
+const one = (i) => {{
+  const url = "/_matrix/test/item?i=" + i;
+  return fetch(url, {{cache: "no-store"}}).then(
+    (r) => r.json().then((j) => (r.ok && j.origin === "ok" ? "ok " : "fail ") + i + " " + r.status),
+    (e) => "error " + i + " " + e);
+}};
+Promise.all(Array.from({{length: n}}, (_, i) => one(i))).then((results) => {{
+  const lines = results.map((r, i) => r + " " + protocol("/_matrix/test/item?i=" + i));
+  const ok = results.filter((r) => r.startsWith("ok ")).length;
+  document.getElementById("out").textContent = lines.join("\n");
+  document.title = "done " + ok + "/" + n;
+  return fetch("/_matrix/test/page-done?ok=" + ok + "&n=" + n, {{cache: "no-store"}});
+}});
+</script></body></html>
+"#
+    )
 }
 
 /// One request the origin received.
@@ -498,6 +534,17 @@ fn respond(
             stream.flush()?;
             nap(Duration::from_millis(50), shared);
             Ok(false)
+        }
+        "/_matrix/test/page" => {
+            let n: usize = head
+                .query_param("n")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(50);
+            let page = fetch_page(n);
+            stream.write_all(
+                format!("HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nCache-Control: no-store\r\nContent-Length: {}\r\n{ids}\r\n{page}", page.len()).as_bytes(),
+            )?;
+            Ok(true)
         }
         "/_matrix/test/echo-body" => json(
             stream,

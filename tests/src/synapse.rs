@@ -452,3 +452,35 @@ pub fn run_client_flow(python: &Path, target: &FlowTarget) -> Result<f64, String
         _ => Ok(t0.elapsed().as_secs_f64()),
     }
 }
+
+/// Runs the HTTP/2 client flow (`tests/synapse/h2_flow.py`, httpx with `http2=True` from the
+/// pinned wheels of `tests/tools/httpx.txt`) through the proxy; `Ok(seconds)` or the failed
+/// step.
+pub fn run_h2_flow(python: &Path, target: &FlowTarget) -> Result<f64, String> {
+    let httpx = crate::tools::httpx_path();
+    let t0 = Instant::now();
+    let mut cmd = Command::new(python);
+    cmd.arg(synapse_dir().join("h2_flow.py"))
+        .arg("--proxy")
+        .arg(&target.proxy_url)
+        .arg("--ca")
+        .arg(target.ca_file)
+        .arg("--direct")
+        .arg(&target.direct_url)
+        .arg("--shared-secret")
+        .arg(target.shared_secret)
+        .env("PYTHONPATH", &httpx)
+        .env("PYTHONUNBUFFERED", "1");
+    match run_bounded("h2_flow", cmd, FLOW_TIMEOUT)? {
+        (None, _) => Err(format!("h2_flow.py did not finish within {FLOW_TIMEOUT:?}")),
+        (Some(st), out) if !st.success() => Err(out
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("FAILED at step"))
+            .map_or_else(
+                || format!("h2_flow.py exited with {st}:\n{out}"),
+                str::to_owned,
+            )),
+        _ => Ok(t0.elapsed().as_secs_f64()),
+    }
+}

@@ -22,7 +22,9 @@
 //!   `target/cargo-tools/<name>/` when the one cargo finds is missing or another version.
 //!
 //! On top of them, one function per need, each naming its own override variable:
-//! [`haproxy`], [`postgres_bindir`], [`redis_server`]. When a tool can be neither found nor
+//! [`haproxy`], [`postgres_bindir`], [`redis_server`]; the HTTP/2 clients [`curl_http2`],
+//! [`nghttp`], [`h2load`] and [`chromium`] (which is too big to unpack: it must be installed);
+//! [`httpx_path`] for Python's HTTP/2 client. When a tool can be neither found nor
 //! provisioned the caller fails (panics) with the one command that fixes it; no test skips.
 
 use std::env;
@@ -30,6 +32,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::synapse::{repo_root, run_bounded};
@@ -82,6 +85,129 @@ pub fn haproxy() -> Tool {
             "haproxy is needed by this test and could not be provisioned: {e}\n\
              Fix: apt-get install -y haproxy (on other systems: install HAProxy so that \
              `haproxy` is on PATH)"
+        )
+    })
+}
+
+/// `curl` with HTTP/2 (Debian's is built with nghttp2: `curl --version` lists `HTTP2`);
+/// panics with the fix otherwise.
+pub fn curl_http2() -> Tool {
+    static CURL: OnceLock<Tool> = OnceLock::new();
+    CURL.get_or_init(find_curl_http2).clone()
+}
+
+fn find_curl_http2() -> Tool {
+    let fix = "Fix: apt-get install -y curl (a curl built with nghttp2: `curl --version` \
+               lists HTTP2)";
+    let tool = debian_tool("curl", "curl", &["--version"])
+        .unwrap_or_else(|e| panic!("curl is needed by this test: {e}\n{fix}"));
+    let out = tool
+        .command()
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}\n{fix}", tool.program.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let features = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Features:"))
+        .unwrap_or("");
+    assert!(
+        features.split_whitespace().any(|f| f == "HTTP2"),
+        "{} has no HTTP/2 support:\n{text}\n{fix}",
+        tool.program.display()
+    );
+    tool
+}
+
+/// nghttp2's client `nghttp` (Debian package `nghttp2-client`), found or provisioned.
+pub fn nghttp() -> Tool {
+    static NGHTTP: OnceLock<Tool> = OnceLock::new();
+    NGHTTP.get_or_init(|| nghttp2_client("nghttp")).clone()
+}
+
+/// nghttp2's load generator `h2load` (Debian package `nghttp2-client`), found or provisioned.
+pub fn h2load() -> Tool {
+    static H2LOAD: OnceLock<Tool> = OnceLock::new();
+    H2LOAD.get_or_init(|| nghttp2_client("h2load")).clone()
+}
+
+fn nghttp2_client(binary: &str) -> Tool {
+    debian_tool("nghttp2-client", binary, &["--version"]).unwrap_or_else(|e| {
+        panic!(
+            "{binary} is needed by this test and could not be provisioned: {e}\n\
+             Fix: apt-get install -y nghttp2-client"
+        )
+    })
+}
+
+/// Chromium: `$MXGATE_CHROMIUM`, else `chromium` (Debian) or `chromium-browser` on `PATH`,
+/// checked with `--version`. Its dependencies are too many to unpack into `target/`, so it
+/// is never provisioned: without it this panics with the fix.
+pub fn chromium() -> PathBuf {
+    let fix = "Fix: apt-get install -y chromium";
+    let find = || {
+        env_path("MXGATE_CHROMIUM").map(PathBuf::from).or_else(|| {
+            let dirs = env::var_os("PATH")
+                .map(|p| env::split_paths(&p).collect::<Vec<_>>())
+                .unwrap_or_default();
+            ["chromium", "chromium-browser"]
+                .iter()
+                .flat_map(|name| dirs.iter().map(move |d| d.join(name)))
+                .find(|p| p.is_file())
+        })
+    };
+    // Too many libraries to unpack into target/ like the other tools: as root (CI, a fresh
+    // machine of this kind) the test installs Debian's package itself, once per process.
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let program = find().or_else(|| {
+        let _once = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+        find().or_else(|| {
+            install_chromium_as_root();
+            find()
+        })
+    });
+    let Some(program) = program else {
+        panic!("Chromium is needed by this test and is not on PATH (and could not be installed: not root, or apt-get failed).\n{fix}");
+    };
+    let mut cmd = Command::new(&program);
+    cmd.arg("--version");
+    probe(cmd, "chromium").unwrap_or_else(|e| panic!("{e}\n{fix}"));
+    program
+}
+
+/// `apt-get install -y chromium` (after `apt-get update` if the first try fails), when this
+/// process is root and apt-get exists; bounded to 10 minutes each.
+fn install_chromium_as_root() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root || Command::new("apt-get").arg("--version").output().is_err() {
+        return;
+    }
+    eprintln!("installing Debian's chromium for the HTTP/2 browser test (apt-get)");
+    let apt = |args: &[&str]| {
+        let mut cmd = Command::new("apt-get");
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        matches!(
+            run_bounded("apt-get", cmd, Duration::from_secs(600)),
+            Ok((Some(status), _)) if status.success()
+        )
+    };
+    if !apt(&["install", "-y", "-qq", "chromium"]) {
+        apt(&["update", "-qq"]);
+        apt(&["install", "-y", "-qq", "chromium"]);
+    }
+}
+
+/// A `PYTHONPATH` directory holding `httpx` with HTTP/2 (`h2`), pinned with hashes in
+/// `tests/tools/httpx.txt` (pure-Python wheels, so any CPython 3.9+ runs it).
+pub fn httpx_path() -> PathBuf {
+    wheel_tool("httpx").unwrap_or_else(|e| {
+        panic!(
+            "httpx[http2] is needed by this test and could not be installed: {e}\n\
+             Needs python3 with venv (Debian: apt-get install -y python3-venv) and PyPI"
         )
     })
 }
@@ -154,7 +280,8 @@ pub fn debian_tool(package: &str, binary: &str, probe_args: &[&str]) -> Result<T
         }
     }
     let t0 = Instant::now();
-    let want = format!("debian {package} {binary} {}\n", env::consts::ARCH);
+    // Per package, not per program: nghttp and h2load share `nghttp2-client`'s entry.
+    let want = format!("debian {package} {}\n", env::consts::ARCH);
     let dir = cached(&target_dir().join("debian-tools"), package, &want, |tmp| {
         unpack_debian(package, tmp)
     })?;

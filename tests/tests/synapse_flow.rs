@@ -10,6 +10,10 @@
 //! 4. `tests/synapse/client_flow.py` registers users, logs in, creates a room, sends non-ASCII
 //!    messages, long-polls `/sync`, uploads and downloads media, checks the client address
 //!    and request id Synapse saw, `.well-known`, `/health` — through the proxy.
+//! 5. `tests/synapse/h2_flow.py` does it again over HTTP/2 (httpx with `http2=True`, h2 by
+//!    ALPN on the same listener): every answer `HTTP/2`, all on one connection, an idle 30 s
+//!    `/sync` long-poll on one stream while other requests and a 5 MiB download pass on others,
+//!    and an over-size upload answered 413 `M_TOO_LARGE` that the client reads.
 //!
 //! Opt-out: `MXGATE_SKIP_SYNAPSE=1` skips this test on a developer machine (e.g. without
 //! network access to PyPI). With `CI=true` the opt-out is ignored: CI always runs it, and a
@@ -29,10 +33,13 @@ use mxgate_e2e::proxy::{free_ports, Proxy};
 use mxgate_e2e::runtime::runtimes;
 use mxgate_e2e::synapse::{
     health_ok, log_tails, opted_out, provision, proxy_config, run_client_flow, run_dir,
-    run_generator, synapse_dir, FlowTarget, ProcessGuard,
+    run_generator, run_h2_flow, synapse_dir, FlowTarget, ProcessGuard,
 };
 
 const LOG_TAIL_LINES: usize = 80;
+
+/// A client flow run through the proxy: `Ok(seconds)` or the failed step.
+type Flow = fn(&Path, &FlowTarget) -> Result<f64, String>;
 
 /// A running Synapse: the guard, its port and what client_flow.py needs.
 struct Synapse {
@@ -108,17 +115,22 @@ fn synapse_client_flow_through_proxy() {
             &synapse.shared_secret,
             &synapse.log,
         );
-        println!("[{}] client flow through {}", rt.name, target.proxy_url);
-        let flow = run_client_flow(&python, &target);
-        match flow {
-            Ok(secs) => println!("[{}] Synapse client flow passed in {secs:.1} s", rt.name),
-            Err(why) => panic!(
-                "[{}] Synapse client flow: {why}\n{}\n--- proxy log:\n{}\n(run directory kept: {})",
-                rt.name,
-                tails(&synapse.dir),
-                proxy.log_tail(40),
-                dir.display()
-            ),
+        let flows: [(&str, Flow); 2] = [
+            ("client flow", run_client_flow),
+            ("HTTP/2 client flow", run_h2_flow),
+        ];
+        for (what, run) in flows {
+            println!("[{}] {what} through {}", rt.name, target.proxy_url);
+            match run(&python, &target) {
+                Ok(secs) => println!("[{}] Synapse {what} passed in {secs:.1} s", rt.name),
+                Err(why) => panic!(
+                    "[{}] Synapse {what}: {why}\n{}\n--- proxy log:\n{}\n(run directory kept: {})",
+                    rt.name,
+                    tails(&synapse.dir),
+                    proxy.log_tail(40),
+                    dir.display()
+                ),
+            }
         }
         drop(proxy);
         drop(synapse);
