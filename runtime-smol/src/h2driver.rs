@@ -19,7 +19,7 @@ use mxgate_std::support::report;
 use smol::io::{AsyncRead, AsyncWriteExt};
 use smol::{future, Timer};
 
-use crate::driver::{Guards, Opened, READ_BUF};
+use crate::driver::{with_read_buf, Guards, Opened};
 use crate::stream::{bounded, write_now, write_queue, ClientStream};
 use crate::upstream::UpstreamConn;
 use crate::{Generation, Shared};
@@ -61,7 +61,6 @@ pub(crate) struct H2Driver {
     shutdown_seen: bool,
     timer: Timer,
     armed: Option<Instant>,
-    buf: Box<[u8]>,
     _guards: Guards,
 }
 
@@ -97,7 +96,6 @@ impl H2Driver {
             shutdown_seen: false,
             timer: Timer::never(),
             armed: None,
-            buf: vec![0u8; READ_BUF].into_boxed_slice(),
             _guards: guards,
         }
     }
@@ -281,18 +279,23 @@ impl H2Driver {
         let now = Instant::now;
         // The client.
         if !self.client_eof && self.session.wants_client_read() {
-            if let Poll::Ready(result) = Pin::new(&mut self.client).poll_read(cx, &mut self.buf) {
-                match result {
-                    Ok(0) | Err(_) => {
-                        self.client_eof = true;
-                        self.session.handle_client_eof(now());
+            let (client, session) = (&mut self.client, &mut self.session);
+            let (generation, listener) = (&self.generation, self.listener);
+            let result = with_read_buf(|buf| match Pin::new(client).poll_read(cx, buf) {
+                Poll::Pending => None,
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    if let Some(m) = generation.listener_metrics.get(listener) {
+                        m.bytes_in.inc_by(n as u64);
                     }
-                    Ok(n) => {
-                        if let Some(m) = self.generation.listener_metrics.get(self.listener) {
-                            m.bytes_in.inc_by(n as u64);
-                        }
-                        self.session.handle_client_data(&self.buf[..n], now());
-                    }
+                    session.handle_client_data(&buf[..n], now());
+                    Some(false)
+                }
+                Poll::Ready(_) => Some(true),
+            });
+            if let Some(eof) = result {
+                if eof {
+                    self.client_eof = true;
+                    self.session.handle_client_eof(now());
                 }
                 return Poll::Ready(());
             }
@@ -327,27 +330,25 @@ impl H2Driver {
                         return Poll::Ready(()); // `flush_upstreams` writes it
                     }
                     if wants_read && !up.eof {
-                        if let Poll::Ready(result) =
-                            Pin::new(&mut conn.stream).poll_read(cx, &mut self.buf)
-                        {
-                            match result {
-                                Ok(0) => {
-                                    up.eof = true;
-                                    self.session.handle_upstream_eof(stream, now());
+                        let session = &mut self.session;
+                        let read = with_read_buf(|buf| {
+                            match Pin::new(&mut conn.stream).poll_read(cx, buf) {
+                                Poll::Pending => false,
+                                Poll::Ready(Ok(n)) if n > 0 => {
+                                    session.handle_upstream_data(stream, &buf[..n], now());
+                                    true
                                 }
-                                Err(err) => {
-                                    tracing::debug!(upstream = %conn.addr, error = %err, "upstream read failed");
+                                Poll::Ready(result) => {
+                                    if let Err(err) = result {
+                                        tracing::debug!(upstream = %conn.addr, error = %err, "upstream read failed");
+                                    }
                                     up.eof = true;
-                                    self.session.handle_upstream_eof(stream, now());
-                                }
-                                Ok(n) => {
-                                    self.session.handle_upstream_data(
-                                        stream,
-                                        &self.buf[..n],
-                                        now(),
-                                    );
+                                    session.handle_upstream_eof(stream, now());
+                                    true
                                 }
                             }
+                        });
+                        if read {
                             return Poll::Ready(());
                         }
                     }
