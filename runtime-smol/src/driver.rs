@@ -52,7 +52,7 @@ thread_local! {
 }
 
 /// Runs `f` with the thread's read buffer (a fresh one if it is already lent out).
-fn with_read_buf<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
+pub(crate) fn with_read_buf<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
     READ_BUFFER.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => f(&mut buf[..]),
         Err(_) => f(&mut vec![0u8; READ_BUF]),

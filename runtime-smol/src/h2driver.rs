@@ -1,9 +1,11 @@
 //! The driver of an HTTP/2 client connection: one task owns the client stream, the
 //! `Http2Session` and one upstream connection per stream that asked for one, and runs the
-//! session's contract: perform its outputs in order, then wait for the first of the client
-//! readable, any upstream readable (or writable, with bytes queued, or connected), the
-//! session's deadline, shutdown or a reload, and feed that back. Every decision is the
-//! session's (core); this only moves bytes.
+//! session's contract: perform its outputs in order, then wait for the client readable, any
+//! upstream readable (or writable, with bytes queued, or connected), the session's deadline,
+//! shutdown or a reload, and feed back everything of these that is ready at a wake-up (each
+//! fed alone, its outputs performed before the next is fed), so the answers of many streams
+//! leave in one write to the client. Every decision is the session's (core); this only
+//! moves bytes.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -19,7 +21,7 @@ use mxgate_std::support::report;
 use smol::io::{AsyncRead, AsyncWriteExt};
 use smol::{future, Timer};
 
-use crate::driver::{Guards, Opened, READ_BUF};
+use crate::driver::{with_read_buf, Guards, Opened};
 use crate::stream::{bounded, write_now, write_queue, ClientStream};
 use crate::upstream::UpstreamConn;
 use crate::{Generation, Shared};
@@ -37,6 +39,11 @@ struct Up {
     state: UpState,
     /// Bytes for the upstream not yet written.
     queue: VecDeque<Bytes>,
+    /// The last read filled the buffer: read again without waiting for readiness.
+    more: bool,
+    /// The last write attempt would have blocked: wait for writability (asked only then,
+    /// as asking registers the socket for it).
+    write_blocked: bool,
     eof: bool,
     broken: bool,
 }
@@ -56,14 +63,15 @@ pub(crate) struct H2Driver {
     client_queue: VecDeque<Bytes>,
     client_eof: bool,
     client_broken: bool,
-    /// Which side the next wait looks at first.
-    client_first: bool,
+    /// The last client read filled the buffer: read again without waiting for readiness.
+    client_more: bool,
+    /// TLS: the last read found rustls empty, so readiness is the socket's alone.
+    tls_socket_only: bool,
     ups: Vec<Up>,
     shutdown_key: Option<usize>,
     shutdown_seen: bool,
     timer: Timer,
     armed: Option<Instant>,
-    buf: Box<[u8]>,
     _guards: Guards,
 }
 
@@ -94,13 +102,13 @@ impl H2Driver {
             client_queue: VecDeque::new(),
             client_eof: false,
             client_broken: false,
-            client_first: false,
+            client_more: false,
+            tls_socket_only: false,
             ups: Vec::new(),
             shutdown_key: None,
             shutdown_seen: false,
             timer: Timer::never(),
             armed: None,
-            buf: vec![0u8; READ_BUF].into_boxed_slice(),
             _guards: guards,
         }
     }
@@ -117,8 +125,10 @@ impl H2Driver {
             if self.flush_upstreams() {
                 continue;
             }
+            // Re-armed only when the deadline moved earlier: a later one is met by re-arming
+            // when the earlier timer fires (an early `handle_timeout` is harmless).
             if let Some(at) = self.session.poll_timeout() {
-                if self.armed != Some(at) {
+                if self.armed.is_none_or(|armed| at < armed) {
                     self.timer.set_at(at);
                     self.armed = Some(at);
                 }
@@ -195,6 +205,8 @@ impl H2Driver {
                 generation,
                 state: UpState::Connected(conn),
                 queue: VecDeque::new(),
+                more: false,
+                write_blocked: false,
                 eof: false,
                 broken: false,
             });
@@ -210,14 +222,17 @@ impl H2Driver {
             generation,
             state: UpState::Connecting(connecting),
             queue: VecDeque::new(),
+            more: false,
+            write_blocked: false,
             eof: false,
             broken: false,
         });
     }
 
     /// Writes the client's queue, waiting (bounded by `timeouts.send`) when the client is
-    /// slow: its streams wait with it. `true` when a failed write was reported to the
-    /// session as the client's end (its outputs are to be performed before any wait).
+    /// slow: its streams wait with it.
+    /// `true` when a failed write was just reported to the session as the client's end:
+    /// its outputs (releasing every upstream) are to be performed before any wait.
     async fn flush_client(&mut self) -> bool {
         if self.client_queue.is_empty() {
             return false;
@@ -263,7 +278,9 @@ impl H2Driver {
             if up.queue.is_empty() || up.broken {
                 continue;
             }
-            match write_now(&mut conn.stream, &mut up.queue, &mut 0, &mut cx) {
+            let written = write_now(&mut conn.stream, &mut up.queue, &mut 0, &mut cx);
+            up.write_blocked = written.is_none();
+            match written {
                 None => {}
                 Some(Ok(())) => {
                     self.session.handle_upstream_written(up.stream, now);
@@ -284,26 +301,36 @@ impl H2Driver {
         told
     }
 
-    /// Waits for the first thing that happens and feeds it to the session. The client and
-    /// the upstreams take turns at being looked at first, so neither starves the other.
+    /// Feeds the session everything that is ready (at most one read of each source), each
+    /// with its outputs performed before the next; `Pending` when nothing was.
     fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        self.client_first = !self.client_first;
-        let ready = match self.client_first {
-            true => self.poll_client(cx) || self.poll_upstreams(cx),
-            false => {
-                let upstream = self.poll_upstreams(cx);
-                upstream || self.poll_client(cx)
-            }
-        };
-        if ready {
-            return Poll::Ready(());
+        let mut woke = false;
+        // The client: one read per wake-up, so its answers are written before more of it is
+        // fed.
+        if !self.client_eof
+            && self.session.wants_client_read()
+            && (self.client_more || self.client.poll_ready(self.tls_socket_only, cx).is_ready())
+            && self.read_client(cx)
+        {
+            woke = true;
+            self.perform_outputs();
         }
-        let now = Instant::now;
+        // The upstreams, last first: performing outputs removes upstreams (`swap_remove`
+        // brings one already visited forward) and adds new ones at the end (polled at the
+        // next wake-up, which this one's progress makes immediate).
+        let mut i = self.ups.len();
+        while i > 0 {
+            i -= 1;
+            if i < self.ups.len() && self.poll_upstream(i, cx) {
+                woke = true;
+                self.perform_outputs();
+            }
+        }
         // The deadline.
         if self.armed.is_some() && Pin::new(&mut self.timer).poll(cx).is_ready() {
             self.armed = None;
-            self.session.handle_timeout(now());
-            return Poll::Ready(());
+            self.session.handle_timeout(Instant::now());
+            woke = true;
         }
         // Shutdown and reloads.
         if !self.shutdown_seen {
@@ -320,103 +347,121 @@ impl H2Driver {
                 });
             if begun {
                 self.shutdown_seen = true;
-                self.session.begin_shutdown(now());
-                return Poll::Ready(());
-            }
-            if self.shared.generation() != self.reload_seen {
+                self.session.begin_shutdown(Instant::now());
+                woke = true;
+            } else if self.shared.generation() != self.reload_seen {
                 self.follow_reload();
-                return Poll::Ready(());
+                woke = true;
             }
         }
-        Poll::Pending
+        if woke {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
-    /// Reads the client if it is ready; `true` when something was fed.
-    fn poll_client(&mut self, cx: &mut Context<'_>) -> bool {
-        let now = Instant::now;
-        // The client.
-        if !self.client_eof && self.session.wants_client_read() {
-            if let Poll::Ready(result) = Pin::new(&mut self.client).poll_read(cx, &mut self.buf) {
+    /// One read from the client, fed to the session; `false` if it had nothing.
+    fn read_client(&mut self, cx: &mut Context<'_>) -> bool {
+        let (client, session) = (&mut self.client, &mut self.session);
+        let (generation, listener) = (&self.generation, self.listener);
+        // `Some(filled)` for bytes, `None` for nothing; EOF and errors end the client.
+        let result = with_read_buf(|buf| match Pin::new(client).poll_read(cx, buf) {
+            Poll::Pending => Ok(None),
+            Poll::Ready(Ok(n)) if n > 0 => {
+                if let Some(m) = generation.listener_metrics.get(listener) {
+                    m.bytes_in.inc_by(n as u64);
+                }
+                session.handle_client_data(&buf[..n], Instant::now());
+                Ok(Some(n == buf.len()))
+            }
+            Poll::Ready(_) => Err(()),
+        });
+        match result {
+            Ok(Some(filled)) => {
+                self.client_more = filled;
+                self.tls_socket_only = false;
+                true
+            }
+            Ok(None) => {
+                self.client_more = false;
+                self.tls_socket_only = true;
+                false
+            }
+            Err(()) => {
+                self.client_more = false;
+                self.client_eof = true;
+                self.session.handle_client_eof(Instant::now());
+                true
+            }
+        }
+    }
+
+    /// Polls upstream `i`: its connect, its writability when bytes wait, and (when the
+    /// session wants it) one read; `true` when the session was told something or a write
+    /// can go on.
+    fn poll_upstream(&mut self, i: usize, cx: &mut Context<'_>) -> bool {
+        let up = &mut self.ups[i];
+        let stream = up.stream;
+        match &mut up.state {
+            UpState::Connecting(fut) => {
+                let Poll::Ready(result) = fut.as_mut().poll(cx) else {
+                    return false;
+                };
                 match result {
-                    Ok(0) | Err(_) => {
-                        self.client_eof = true;
-                        self.session.handle_client_eof(now());
+                    Ok(conn) => {
+                        up.state = UpState::Connected(conn);
+                        self.session
+                            .handle_upstream_connected(stream, false, Instant::now());
                     }
-                    Ok(n) => {
-                        if let Some(m) = self.generation.listener_metrics.get(self.listener) {
-                            m.bytes_in.inc_by(n as u64);
-                        }
-                        self.session.handle_client_data(&self.buf[..n], now());
+                    Err(err) => {
+                        tracing::debug!(error = %err, "upstream connect failed");
+                        self.ups.swap_remove(i);
+                        self.session.handle_upstream_failed(stream, Instant::now());
                     }
                 }
-                return true;
+                true
+            }
+            UpState::Connected(conn) => {
+                // `flush_upstreams` writes it.
+                let writable = up.write_blocked
+                    && !up.queue.is_empty()
+                    && !up.broken
+                    && conn.stream.poll_writable(cx).is_ready();
+                // Readiness is asked of the socket only when a read is wanted: a socket
+                // reported readable and not read would report it again at once.
+                if up.eof
+                    || !self.session.wants_upstream_read(stream)
+                    || !(up.more || conn.stream.poll_readable(cx).is_ready())
+                {
+                    return writable;
+                }
+                let session = &mut self.session;
+                let read = with_read_buf(|buf| {
+                    match Pin::new(&mut conn.stream).poll_read(cx, buf) {
+                        Poll::Pending => {
+                            up.more = false;
+                            false
+                        }
+                        Poll::Ready(Ok(n)) if n > 0 => {
+                            up.more = n == buf.len();
+                            session.handle_upstream_data(stream, &buf[..n], Instant::now());
+                            true
+                        }
+                        Poll::Ready(result) => {
+                            if let Err(err) = result {
+                                tracing::debug!(upstream = %conn.addr, error = %err, "upstream read failed");
+                            }
+                            up.more = false;
+                            up.eof = true;
+                            session.handle_upstream_eof(stream, Instant::now());
+                            true
+                        }
+                    }
+                });
+                read || writable
             }
         }
-        false
-    }
-
-    /// Connects, writes or reads whichever upstream is ready; `true` when something was fed
-    /// (or a write can go on).
-    fn poll_upstreams(&mut self, cx: &mut Context<'_>) -> bool {
-        let now = Instant::now;
-        // The upstreams.
-        for i in 0..self.ups.len() {
-            let stream = self.ups[i].stream;
-            let wants_read = self.session.wants_upstream_read(stream);
-            let up = &mut self.ups[i];
-            match &mut up.state {
-                UpState::Connecting(fut) => {
-                    if let Poll::Ready(result) = fut.as_mut().poll(cx) {
-                        match result {
-                            Ok(conn) => {
-                                up.state = UpState::Connected(conn);
-                                self.session.handle_upstream_connected(stream, false, now());
-                            }
-                            Err(err) => {
-                                tracing::debug!(error = %err, "upstream connect failed");
-                                self.ups.swap_remove(i);
-                                self.session.handle_upstream_failed(stream, now());
-                            }
-                        }
-                        return true;
-                    }
-                }
-                UpState::Connected(conn) => {
-                    if !up.queue.is_empty()
-                        && !up.broken
-                        && conn.stream.poll_writable(cx).is_ready()
-                    {
-                        return true; // `flush_upstreams` writes it
-                    }
-                    if wants_read && !up.eof {
-                        if let Poll::Ready(result) =
-                            Pin::new(&mut conn.stream).poll_read(cx, &mut self.buf)
-                        {
-                            match result {
-                                Ok(0) => {
-                                    up.eof = true;
-                                    self.session.handle_upstream_eof(stream, now());
-                                }
-                                Err(err) => {
-                                    tracing::debug!(upstream = %conn.addr, error = %err, "upstream read failed");
-                                    up.eof = true;
-                                    self.session.handle_upstream_eof(stream, now());
-                                }
-                                Ok(n) => {
-                                    self.session.handle_upstream_data(
-                                        stream,
-                                        &self.buf[..n],
-                                        now(),
-                                    );
-                                }
-                            }
-                            return true;
-                        }
-                    }
-                }
-            }
-        }
-        false
     }
 
     /// New streams follow a reloaded configuration; streams in flight finish on theirs. A

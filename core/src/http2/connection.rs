@@ -573,6 +573,38 @@ impl Connection {
         self.release_conn(n);
     }
 
+    /// The application answered `stream` before its request body ended and drops the rest:
+    /// the client gets window for all of it at once (at most `cap` bytes: the rest of a
+    /// known content-length, else `cap`), before the answer's END_STREAM goes out. Some
+    /// clients (curl 7.88) ignore WINDOW_UPDATE on a stream whose response has ended, and
+    /// would otherwise wait for window forever instead of finishing their upload.
+    pub fn grant_rest(&mut self, stream: u32, cap: u64) {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        if !s.recv_open() {
+            return;
+        }
+        let rest = s
+            .content_length
+            .map_or(cap, |len| len.saturating_sub(s.received))
+            .min(cap);
+        let available = u64::from(s.recv.available);
+        if rest <= available {
+            return;
+        }
+        let room = u64::from(MAX_WINDOW).saturating_sub(available + u64::from(s.recv.pending));
+        let want = u32::try_from((rest - available).min(room)).unwrap_or(0);
+        let inc = want.saturating_add(s.recv.pending);
+        if inc == 0 {
+            return;
+        }
+        s.recv.available += inc;
+        s.recv.pending = 0;
+        s.recv.target = s.recv.target.saturating_add(want);
+        frame::encode_window_update(&mut self.out, stream, inc);
+    }
+
     /// Resets `stream` (the application gives up on it, or answered early and wants no
     /// more of the request: NO_ERROR after a complete response, RFC 9113 §8.1). No event
     /// names the stream afterwards, not even one already queued.

@@ -508,6 +508,12 @@ impl Session {
                 return;
             }
             s.finished = true;
+            if !s.request_ended {
+                // The rest of the body will be dropped: window for it goes out before the
+                // answer's END_STREAM (see `grant_rest`), bounded like lingering.
+                self.h2
+                    .grant_rest(stream, self.config.limits.max_linger_bytes);
+            }
         }
         self.flush_response(i, now);
     }

@@ -810,3 +810,48 @@ fn an_upstream_answering_before_the_body_is_read_reaches_the_client() {
         .poll_timeout()
         .is_none_or(|t| t > h.now + Duration::from_secs(10)));
 }
+
+/// An upload answered by the upstream before it read the body (nginx's `return 200`): the
+/// client, still sending, gets window for the whole rest of its body before the answer's
+/// END_STREAM (curl 7.88 ignores WINDOW_UPDATE once the response has ended, and stalled
+/// at 262,144 bytes), and what it sends is dropped.
+#[test]
+fn an_upload_answered_early_gets_window_for_the_rest_before_the_answer() {
+    for written_before_answer in [false, true] {
+        let mut h = H2Harness::new();
+        h.auto_written = false;
+        h.headers(
+            1,
+            &fields(
+                "POST",
+                "/_matrix/media/v3/upload",
+                &[("content-length", "500000")],
+            ),
+            false,
+        );
+        h.connect(1);
+        // The whole stream window (our SETTINGS raised it to 256 KiB).
+        for _ in 0..16 {
+            h.data(1, &[b'u'; 16_384], false);
+        }
+        if written_before_answer {
+            h.session.handle_upstream_written(1, h.now);
+            h.drain();
+        }
+        let before = h.stream_window_updates.get(&1).copied().unwrap_or(0);
+        h.upstream(1, b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{\"ok\":1}");
+        assert_eq!(h.answer(1).status(), 200);
+        let after = h.stream_window_updates.get(&1).copied().unwrap_or(0);
+        assert!(
+            after >= 500_000 - 262_144,
+            "window for the rest of the body ({written_before_answer}): {before} -> {after}"
+        );
+        // The client sends the rest: dropped, the stream ends cleanly.
+        for _ in 0..14 {
+            h.data(1, &[b'u'; 16_384], false);
+        }
+        h.data(1, &[b'u'; 500_000 - 262_144 - 14 * 16_384], true);
+        assert_eq!(h.answer(1).reset, None);
+        assert!(h.goaway.is_none(), "no flow-control error");
+    }
+}
