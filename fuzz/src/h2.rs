@@ -25,8 +25,8 @@ use mxgate_core::http2::{hpack, Connection, ErrorCode, Event, Limits, SendError,
 const MAX_INPUT: usize = 64 * 1024;
 const PIECES: [usize; 8] = [1, 3, 7, 16, 64, 256, 1024, usize::MAX];
 
-/// What the server sent, checked as a client would read it.
-struct ClientView {
+/// What the server sent, checked as a client would read it (shared with `h2proxy`).
+pub(crate) struct ClientView {
     rx: BytesMut,
     frames: FrameDecoder,
     hpack: hpack::Decoder,
@@ -34,7 +34,16 @@ struct ClientView {
 }
 
 impl ClientView {
-    fn read(&mut self, bytes: &[u8]) {
+    pub(crate) fn new() -> ClientView {
+        ClientView {
+            rx: BytesMut::new(),
+            frames: FrameDecoder::new(frame::MAX_MAX_FRAME_SIZE),
+            hpack: hpack::Decoder::new(4096),
+            block: None,
+        }
+    }
+
+    pub(crate) fn read(&mut self, bytes: &[u8]) {
         self.rx.extend_from_slice(bytes);
         loop {
             let f = match self.frames.decode(&mut self.rx) {
@@ -81,6 +90,20 @@ impl ClientView {
             Some(&b":status"[..]),
             "a response starts with :status"
         );
+        for (name, _) in &fields[1..] {
+            assert!(
+                !name.starts_with(b":")
+                    && ![
+                        &b"connection"[..],
+                        b"transfer-encoding",
+                        b"keep-alive",
+                        b"upgrade"
+                    ]
+                    .contains(&name.as_ref()),
+                "a connection-specific or pseudo field in a response: {:?}",
+                String::from_utf8_lossy(name)
+            );
+        }
     }
 }
 
@@ -107,12 +130,7 @@ pub fn h2_frames(data: &[u8]) {
     let max_streams = limits.max_concurrent_streams as usize;
     let mut now = Instant::now();
     let mut conn = Connection::new(limits, now);
-    let mut view = ClientView {
-        rx: BytesMut::new(),
-        frames: FrameDecoder::new(frame::MAX_MAX_FRAME_SIZE),
-        hpack: hpack::Decoder::new(4096),
-        block: None,
-    };
+    let mut view = ClientView::new();
     let mut opened = BTreeSet::new();
     let mut live = BTreeSet::new();
     // Body still to send per answered stream.

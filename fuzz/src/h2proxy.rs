@@ -21,11 +21,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use mxgate_core::http2::frame::{self, Frame, FrameDecoder};
-use mxgate_core::http2::{hpack, Connection as Engine, Event, Limits, PREFACE};
+use mxgate_core::http2::frame;
+use mxgate_core::http2::{Connection as Engine, Event, Limits, PREFACE};
 use mxgate_core::{Http2Session, Output, SessionOutput};
 
 use super::driver::{self, CLIENT_HTTPS};
+use super::h2::ClientView;
 
 const MAX_INPUT: usize = 64 * 1024;
 const PIECES: [usize; 8] = [1, 3, 7, 16, 64, 256, 1024, usize::MAX];
@@ -36,79 +37,6 @@ struct Upstream {
     released: bool,
     answered: bool,
     closed: bool,
-}
-
-/// The client's view of the server's bytes.
-struct ClientView {
-    rx: BytesMut,
-    frames: FrameDecoder,
-    hpack: hpack::Decoder,
-    block: Option<BytesMut>,
-}
-
-impl ClientView {
-    fn read(&mut self, bytes: &[u8]) {
-        self.rx.extend_from_slice(bytes);
-        loop {
-            let f = match self.frames.decode(&mut self.rx) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => panic!("the proxy sent an invalid frame: {e:?}"),
-            };
-            match f {
-                Frame::Headers {
-                    block, end_headers, ..
-                } => {
-                    assert!(self.block.is_none(), "HEADERS inside a header block");
-                    let mut b = BytesMut::from(&block[..]);
-                    if end_headers {
-                        self.decode(&mut b);
-                    } else {
-                        self.block = Some(b);
-                    }
-                }
-                Frame::Continuation {
-                    block, end_headers, ..
-                } => {
-                    let mut b = self.block.take().expect("CONTINUATION without HEADERS");
-                    b.extend_from_slice(&block);
-                    if end_headers {
-                        self.decode(&mut b);
-                    } else {
-                        self.block = Some(b);
-                    }
-                }
-                _ => assert!(self.block.is_none(), "frame inside a header block"),
-            }
-        }
-    }
-
-    fn decode(&mut self, block: &mut BytesMut) {
-        let mut fields = Vec::new();
-        let block = block.split().freeze();
-        self.hpack
-            .decode(&block, usize::MAX, &mut fields)
-            .expect("the proxy's header block decodes");
-        assert_eq!(
-            fields.first().map(|(n, _)| n.as_ref()),
-            Some(&b":status"[..]),
-            "a response starts with :status"
-        );
-        for (name, _) in &fields[1..] {
-            assert!(
-                !name.starts_with(b":")
-                    && ![
-                        &b"connection"[..],
-                        b"transfer-encoding",
-                        b"keep-alive",
-                        b"upgrade"
-                    ]
-                    .contains(&name.as_ref()),
-                "a connection-specific or pseudo field in a response: {:?}",
-                String::from_utf8_lossy(name)
-            );
-        }
-    }
 }
 
 /// What the model engine decoded: per stream, method, path, authority.
@@ -148,12 +76,7 @@ pub fn run(data: &[u8]) -> usize {
     // The model: the same engine, fed the same bytes, its requests recorded.
     let mut model = Engine::new(Limits::default(), now);
     let mut decoded: Decoded = BTreeMap::new();
-    let mut view = ClientView {
-        rx: BytesMut::new(),
-        frames: FrameDecoder::new(frame::MAX_MAX_FRAME_SIZE),
-        hpack: hpack::Decoder::new(4096),
-        block: None,
-    };
+    let mut view = ClientView::new();
     let mut ups: BTreeMap<u32, Upstream> = BTreeMap::new();
 
     let chunks: Vec<&[u8]> = input.chunks(piece.min(input.len()).max(1)).collect();
