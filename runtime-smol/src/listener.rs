@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_rustls::TlsAcceptor;
 use mxgate_core::config::Scheme;
+use mxgate_core::http2::{sniff_preface, Preface};
 use mxgate_core::ListenerId;
 use mxgate_std::support::limit::Permit;
 use mxgate_std::support::net;
@@ -238,7 +239,6 @@ async fn open(accepted: Box<Accepted>) -> Option<(driver::Opened, bool)> {
 /// `limit`; a client that sends a part of the preface and stops is left to HTTP/1.1 too
 /// (which refuses it).
 async fn starts_with_preface(stream: &Async<TcpStream>, limit: Duration) -> bool {
-    let preface = mxgate_core::http2::PREFACE;
     let deadline = Instant::now() + limit;
     let mut buf = [0u8; 24];
     loop {
@@ -250,15 +250,13 @@ async fn starts_with_preface(stream: &Async<TcpStream>, limit: Duration) -> bool
         {
             return false;
         }
-        let n = match stream.get_ref().peek(&mut buf) {
-            Ok(n) if n > 0 => n,
-            _ => return false,
-        };
-        if buf[..n] != preface[..n] {
+        let Ok(n) = stream.get_ref().peek(&mut buf) else {
             return false;
-        }
-        if n == preface.len() {
-            return true;
+        };
+        match sniff_preface(&buf[..n]) {
+            Preface::Http2 => return true,
+            Preface::Http1 => return false,
+            Preface::Partial => {}
         }
         // A part of the preface: the rest is on its way (readiness would report the bytes
         // already there again, so wait a moment instead).

@@ -61,5 +61,29 @@ pub use limits::Limits;
 pub use request::{Malformed, Request};
 pub use session::{Session, SessionOutput};
 
+/// What the first bytes of a plain connection say, looked at without consuming them (on a
+/// listener that accepts HTTP/2 with prior knowledge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preface {
+    /// The whole 24-byte connection preface: HTTP/2.
+    Http2,
+    /// A byte differs from it (or the client sent nothing and closed): HTTP/1.1.
+    Http1,
+    /// A part of it so far: look again once more has arrived.
+    Partial,
+}
+
+/// Tells HTTP/2 prior knowledge from HTTP/1.1 by the bytes peeked so far.
+pub fn sniff_preface(peeked: &[u8]) -> Preface {
+    let n = peeked.len().min(PREFACE.len());
+    if peeked.is_empty() || peeked[..n] != PREFACE[..n] {
+        Preface::Http1
+    } else if n == PREFACE.len() {
+        Preface::Http2
+    } else {
+        Preface::Partial
+    }
+}
+
 #[cfg(test)]
 mod tests;

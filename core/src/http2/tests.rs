@@ -1662,3 +1662,16 @@ fn python_h2_client_bytes_decode_as_sent() {
         }));
     }
 }
+
+#[test]
+fn rfc9113_3_4_prior_knowledge_is_told_by_the_preface() {
+    use super::{sniff_preface, Preface};
+    assert_eq!(sniff_preface(PREFACE), Preface::Http2);
+    let mut more = PREFACE.to_vec();
+    more.extend_from_slice(b"\0\0\0\x04");
+    assert_eq!(sniff_preface(&more), Preface::Http2);
+    assert_eq!(sniff_preface(&PREFACE[..3]), Preface::Partial);
+    assert_eq!(sniff_preface(b"POST /_matrix HTTP/1.1\r\n"), Preface::Http1);
+    assert_eq!(sniff_preface(b"GET"), Preface::Http1);
+    assert_eq!(sniff_preface(b""), Preface::Http1);
+}

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mxgate_core::http2::PREFACE;
+use mxgate_core::http2::{sniff_preface, Preface, PREFACE};
 use mxgate_core::{Http2Session, ListenerId, Output, PoolId, SessionOutput};
 
 use super::client::Client;
@@ -52,18 +52,19 @@ pub(crate) fn preface_follows(
         }
         tcp.set_read_timeout(Some(left.min(PEEK_STEP)))?;
         match tcp.peek(&mut buf) {
-            // The end of the stream before any byte (after some, it is not seen: the
-            // limit ends the wait).
-            Ok(0) => break Ok(false),
-            Ok(n) if buf[..n] != PREFACE[..n] => break Ok(false),
-            Ok(n) if n == PREFACE.len() => break Ok(true),
-            Ok(n) => {
-                // Part of it: peeking again returns at once until more arrives.
-                if n == seen {
-                    thread::sleep(PEEK_PAUSE);
+            // (The end of the stream before any byte reads as HTTP/1.1; after some, it is
+            // not seen: the limit ends the wait.)
+            Ok(n) => match sniff_preface(&buf[..n]) {
+                Preface::Http2 => break Ok(true),
+                Preface::Http1 => break Ok(false),
+                Preface::Partial => {
+                    // Peeking again returns at once until more arrives.
+                    if n == seen {
+                        thread::sleep(PEEK_PAUSE);
+                    }
+                    seen = n;
                 }
-                seen = n;
-            }
+            },
             Err(err)
                 if matches!(
                     err.kind(),
